@@ -1,0 +1,78 @@
+"""clipnormals: a quota-safe, credit-aware client for the Clipdrop Portrait Surface Normals API.
+
+Example:
+    >>> import clipnormals
+    >>> async def main() -> None:
+    ...     async with clipnormals.AsyncClient() as client:  # key from CLIPDROP_API_KEY
+    ...         nm = await client.surface_normals("portrait.jpg")
+    ...         nm.normals  # float32 (H, W, 3) unit vectors, +X right, +Y up, +Z to the viewer
+    ...         nm.mask  # bool (H, W), True on the person
+
+The client is asyncio-only (its rate limiter is built on aiolimiter); ``Client`` is the blocking
+facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in for the API and
+``clipnormals.testing`` has pytest fixtures built on it.
+"""
+
+from ._client import AsyncClient, Endpoint
+from ._credits import CreditLedger, CreditPolicy
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ClipnormalsError,
+    CreditBudgetError,
+    InsufficientCreditsError,
+    InvalidImageError,
+    NotAcceptableError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    UnexpectedResponseError,
+)
+from ._limiter import Limiter, LocalLimiter, RateLimit
+from ._map import MapIterator
+from ._normalmap import NormalMap
+from ._prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
+from ._results import ClientStats, MapItem
+from ._retry import RetryPolicy
+from ._sync import Client
+from ._version import __version__
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ClientClosedError",
+    "ClientStats",
+    "ClipnormalsError",
+    "CreditBudgetError",
+    "CreditLedger",
+    "CreditPolicy",
+    "Endpoint",
+    "ImageSource",
+    "InsufficientCreditsError",
+    "InvalidImageError",
+    "Limiter",
+    "LocalLimiter",
+    "MapItem",
+    "MapIterator",
+    "NormalMap",
+    "NotAcceptableError",
+    "PermissionDeniedError",
+    "PrepareOptions",
+    "PreparedImage",
+    "RateLimit",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerError",
+    "UnexpectedResponseError",
+    "__version__",
+    "prepare_image",
+]

@@ -1,0 +1,141 @@
+"""The credit ledger: exactly the images the balance allows, and not one request more."""
+
+from __future__ import annotations
+
+import pytest
+
+import clipnormals
+from clipnormals._credits import CreditLedger, parse_credit_header
+
+from .fakeapi import KEY, FakeAPI, prepared
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend(virtual_time_backend: object) -> object:
+    return virtual_time_backend
+
+
+def _client(api: FakeAPI, **kwargs: object) -> clipnormals.AsyncClient:
+    options: dict[str, object] = {
+        "api_key": KEY,
+        "transport": api.transport(),
+        "rate_limit": clipnormals.RateLimit(requests=600, per=60.0),
+    }
+    options.update(kwargs)
+    return clipnormals.AsyncClient(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("balance", [0, 1, 7, 23])
+async def test_balance_allows_exactly_its_images_and_no_402(balance: int) -> None:
+    api = FakeAPI(credits=balance, latency=lambda: 2.0)
+    async with _client(api) as client:
+        items = [i async for i in client.map([prepared(i % 4) for i in range(40)])]
+    done = [i for i in items if i.ok]
+    not_sent = [i for i in items if isinstance(i.error, clipnormals.CreditBudgetError)]
+    if balance == 0:
+        # The first request is the probe: the server says 402 and the client halts.
+        assert api.statuses == [402]
+        assert len(done) == 0
+    else:
+        assert 402 not in api.statuses
+        assert len(done) == balance
+        assert len(not_sent) == 40 - balance
+        assert len(api.arrivals) == balance
+        assert all(i.attempts == 0 for i in not_sent)
+    assert client.credits.reserved == 0
+
+
+async def test_reserve_is_left_untouched() -> None:
+    api = FakeAPI(credits=10)
+    async with _client(api, credits=clipnormals.CreditPolicy(reserve=3)) as client:
+        items = [i async for i in client.map([prepared()] * 20)]
+    assert sum(i.ok for i in items) == 7
+    assert api.credits == 3
+    assert client.credits.remaining == 3
+
+
+async def test_budget_caps_spending() -> None:
+    api = FakeAPI(credits=1000, latency=lambda: 1.0)
+    async with _client(api, credits=clipnormals.CreditPolicy(budget=5)) as client:
+        items = [i async for i in client.map([prepared()] * 20)]
+        with pytest.raises(clipnormals.CreditBudgetError, match="budget"):
+            await client.surface_normals(prepared())
+    assert sum(i.ok for i in items) == 5
+    assert api.charged == 5
+    assert len(api.arrivals) == 5
+
+
+async def test_failed_requests_give_their_credit_back() -> None:
+    # Balance 3, and the first two attempts fail with 400: three images still succeed.
+    from .fakeapi import error
+
+    api = FakeAPI(credits=3, script=[error(400, "bad"), error(400, "bad")])
+    async with _client(api, max_concurrency=1) as client:
+        items = [i async for i in client.map([prepared(i) for i in range(6)])]
+    assert sum(i.ok for i in items) == 3
+    assert sum(isinstance(i.error, clipnormals.BadRequestError) for i in items) == 2
+    assert api.charged == 3
+    assert 402 not in api.statuses
+
+
+async def test_single_probe_until_the_balance_is_known() -> None:
+    api = FakeAPI(credits=100, latency=lambda: 5.0)
+    async with _client(api) as client:
+        items = [i async for i in client.map([prepared()] * 10)]
+    assert all(i.ok for i in items)
+    first_done = api.arrivals[0] + 5.0
+    assert all(t >= first_done for t in api.arrivals[1:])
+    assert api.max_in_flight > 1  # once known, requests overlap
+
+
+async def test_server_that_never_reports_the_balance() -> None:
+    api = FakeAPI(credits=100, report_balance=False, latency=lambda: 5.0)
+    async with _client(api, credits=clipnormals.CreditPolicy(budget=6)) as client:
+        items = [i async for i in client.map([prepared()] * 10)]
+    assert sum(i.ok for i in items) == 6
+    assert client.credits.remaining is None
+    assert api.max_in_flight > 1
+
+
+async def test_calls_costing_more_than_one_credit() -> None:
+    api = FakeAPI(credits=9, cost=2)
+    async with _client(api, max_concurrency=4) as client:
+        items = [i async for i in client.map([prepared()] * 10)]
+    assert sum(i.ok for i in items) == 4
+    assert client.credits.consumed == 8
+    assert 402 not in api.statuses
+
+
+def test_stale_balance_from_a_slow_response_is_not_believed() -> None:
+    ledger = CreditLedger(clipnormals.CreditPolicy())
+    ledger.remaining = 10
+    ledger.reserved = 3  # three requests in flight
+    r1 = clipnormals._credits.Reservation(ledger, 1, probe=False)
+    r2 = clipnormals._credits.Reservation(ledger, 1, probe=False)
+    r3 = clipnormals._credits.Reservation(ledger, 1, probe=False)
+    r1.commit(1, 7)  # the server had charged all three when this answered
+    assert ledger.remaining == 7
+    r2.commit(1, 9)  # an older answer arriving late: not believed
+    assert ledger.remaining == 7
+    r3.commit(1, 50)  # far above anything reordering explains: a top-up
+    assert ledger.remaining == 50
+    assert ledger.reserved == 0
+    assert ledger.consumed == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("42", 42), (" 7 ", 7), ("3.0", 3), ("-1", None), ("1.5", None), ("lots", None), (None, None)],
+)
+def test_credit_header_parsing(raw: str | None, value: int | None) -> None:
+    headers = {} if raw is None else {"x-remaining-credits": raw}
+    assert parse_credit_header(headers, "x-remaining-credits") == value
+
+
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError, match="reserve"):
+        clipnormals.CreditPolicy(reserve=-1)
+    with pytest.raises(ValueError, match="budget"):
+        clipnormals.CreditPolicy(budget=-5)

@@ -1,0 +1,54 @@
+"""The public surface: sorted __all__, every name real and documented."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import clipnormals
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert clipnormals.__all__ == sorted(clipnormals.__all__)
+    for name in clipnormals.__all__:
+        assert hasattr(clipnormals, name), name
+    public = {n for n in dir(clipnormals) if not n.startswith("_")}
+    # every public attribute that is ours is exported on purpose
+    ours = {
+        n
+        for n in public
+        if getattr(getattr(clipnormals, n), "__module__", "").startswith("clipnormals")
+    }
+    assert ours <= set(clipnormals.__all__)
+
+
+@pytest.mark.parametrize("name", [n for n in clipnormals.__all__ if n != "__version__"])
+def test_every_public_name_has_a_docstring(name: str) -> None:
+    obj = getattr(clipnormals, name)
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+        return  # type aliases carry no docstring of their own
+    assert inspect.getdoc(obj), f"{name} has no docstring"
+    if inspect.isclass(obj):
+        for attr, value in vars(obj).items():
+            if attr.startswith("_") or not (
+                inspect.isfunction(value) or isinstance(value, property)
+            ):
+                continue
+            assert inspect.getdoc(value), f"{name}.{attr} has no docstring"
+
+
+def test_error_tree() -> None:
+    assert issubclass(clipnormals.APITimeoutError, clipnormals.APIConnectionError)
+    assert issubclass(clipnormals.InvalidImageError, ValueError)
+    for cls in (
+        clipnormals.BadRequestError,
+        clipnormals.AuthenticationError,
+        clipnormals.InsufficientCreditsError,
+        clipnormals.PermissionDeniedError,
+        clipnormals.NotAcceptableError,
+        clipnormals.RateLimitError,
+        clipnormals.ServerError,
+    ):
+        assert issubclass(cls, clipnormals.APIStatusError)
+        assert issubclass(cls, clipnormals.ClipnormalsError)
