@@ -35,10 +35,13 @@ from ._exceptions import (
 from ._limiter import Limiter, LocalLimiter, RateLimit
 from ._map import MapIterator
 from ._normalmap import NormalMap
-from ._prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
+from ._pictures import contact_sheet
+from ._prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image, sniff_format
+from ._relight import DirectionalLight, SHLighting
 from ._results import ClientStats, MapItem
 from ._retry import RetryPolicy
 from ._sync import Client
+from ._vectors import NormalConvention
 from ._version import __version__
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "CreditBudgetError",
     "CreditLedger",
     "CreditPolicy",
+    "DirectionalLight",
     "Endpoint",
     "ImageSource",
     "InsufficientCreditsError",
@@ -63,6 +67,7 @@ __all__ = [
     "LocalLimiter",
     "MapItem",
     "MapIterator",
+    "NormalConvention",
     "NormalMap",
     "NotAcceptableError",
     "PermissionDeniedError",
@@ -71,8 +76,11 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RetryPolicy",
+    "SHLighting",
     "ServerError",
     "UnexpectedResponseError",
     "__version__",
+    "contact_sheet",
     "prepare_image",
+    "sniff_format",
 ]

@@ -271,14 +271,21 @@ class AsyncClient:
             response = await self._send_with_retries(endpoint, prepared, reservation, attempts)
         consumed = parse_credit_header(response.headers, "x-credits-consumed")
         remaining = parse_credit_header(response.headers, "x-remaining-credits")
-        result = NormalMap(
-            response.content,
-            credits_remaining=remaining,
-            credits_consumed=consumed,
-            prepared=prepared,
-            flip_x=self._flip[0],
-            flip_y=self._flip[1],
-        )
+        try:
+            result = NormalMap(
+                response.content,
+                credits_remaining=remaining,
+                credits_consumed=consumed,
+                prepared=prepared,
+                flip_x=self._flip[0],
+                flip_y=self._flip[1],
+            )
+        except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
+            raise UnexpectedResponseError(
+                f"200 OK but the normal map is unusable: {exc.message}",
+                status_code=200,
+                headers=response.headers,
+            ) from exc
         return result, attempts.count
 
     async def _prepared(

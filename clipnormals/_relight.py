@@ -1,0 +1,404 @@
+"""Relighting a photo with its normal map: Lambert, Blinn-Phong and order-2 spherical harmonics.
+
+Lighting works in linear light on the person's pixels only; the background is copied through.
+Directions use the normal map's frame: +X right, +Y up, +Z towards the viewer, and a light's
+direction points *towards* the light. Shading is clamped at zero: energy never goes negative,
+even where a truncated spherical-harmonics expansion dips below it.
+
+Spherical harmonics follow Ramamoorthi & Hanrahan, "An Efficient Representation for Irradiance
+Environment Maps" (SIGGRAPH 2001): nine radiance coefficients per channel, in the order
+L00, L1-1, L10, L11, L2-2, L2-1, L20, L21, L22, turned into irradiance with their constants
+c1..c5.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias, TypeVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from PIL import Image
+
+__all__ = [
+    "SH_ORDER",
+    "DirectionalLight",
+    "ImageT",
+    "LightSpec",
+    "SHLighting",
+    "relight_image",
+    "sh_basis",
+    "shading",
+]
+
+Vec3: TypeAlias = tuple[float, float, float]
+_F32 = NDArray[np.float32]
+_F64 = NDArray[np.float64]
+
+#: Coefficient order, as in Ramamoorthi & Hanrahan.
+SH_ORDER = ("L00", "L1-1", "L10", "L11", "L2-2", "L2-1", "L20", "L21", "L22")
+# Irradiance constants (Ramamoorthi & Hanrahan, equation 12).
+_C1, _C2, _C3, _C4, _C5 = 0.429043, 0.511664, 0.743125, 0.886227, 0.247708
+# Real spherical harmonics Y_lm(d) up to order 2, in SH_ORDER, without their polynomial part.
+_Y_SCALE = (
+    0.282095,
+    0.488603,
+    0.488603,
+    0.488603,
+    1.092548,
+    1.092548,
+    0.315392,
+    1.092548,
+    0.546274,
+)
+_REC709_LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+_ROWS_PER_BLOCK = 256
+_FIT_SAMPLES = 200_000
+
+
+def _vec3(value: ArrayLike, what: str) -> Vec3:
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} must be three finite numbers, got {value!r}")
+    return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+def _rgb(value: float | ArrayLike, what: str) -> Vec3:
+    if isinstance(value, int | float):
+        return _vec3((value, value, value), what)
+    return _vec3(value, what)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectionalLight:
+    """A light infinitely far away, like the sun.
+
+    Attributes:
+        direction: towards the light, in the normal map's frame (+X right, +Y up, +Z towards
+            the viewer); normalised on creation.
+        intensity: irradiance it brings to a surface facing it.
+        color: linear RGB multiplier.
+
+    Example:
+        >>> DirectionalLight((3.0, 0.0, 4.0)).direction
+        (0.6, 0.0, 0.8)
+    """
+
+    direction: Vec3
+    intensity: float = 1.0
+    color: Vec3 = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        d = np.array(_vec3(self.direction, "direction"))
+        norm = float(np.linalg.norm(d))
+        if norm == 0.0:
+            raise ValueError("a light's direction cannot be (0, 0, 0)")
+        if not math.isfinite(self.intensity) or self.intensity < 0:
+            raise ValueError(f"intensity must be finite and >= 0, got {self.intensity!r}")
+        unit = d / norm
+        object.__setattr__(self, "direction", (float(unit[0]), float(unit[1]), float(unit[2])))
+        object.__setattr__(self, "color", _vec3(self.color, "color"))
+
+
+@dataclass(frozen=True, slots=True)
+class SHLighting:
+    """Distant lighting as order-2 spherical harmonics: nine radiance coefficients per channel.
+
+    Attributes:
+        coefficients: nine (R, G, B) triples in :data:`SH_ORDER`.
+
+    Example:
+        >>> sky = SHLighting.constant(0.5)  # irradiance 0.5 from every direction
+        >>> round(float(sky.irradiance(np.array([[0.0, 0.0, 1.0]]))[0, 0]), 6)
+        0.5
+    """
+
+    coefficients: tuple[Vec3, ...]
+
+    def __post_init__(self) -> None:
+        arr = _sh_array(self.coefficients)
+        object.__setattr__(self, "coefficients", tuple(_vec3(row, "coefficient") for row in arr))
+
+    @classmethod
+    def from_array(cls, coefficients: ArrayLike) -> SHLighting:
+        """From a (9,) array (grey light) or a (9, 3) array (RGB), in :data:`SH_ORDER`."""
+        arr = _sh_array(coefficients)
+        return cls(tuple(_vec3(row, "coefficient") for row in arr))
+
+    @classmethod
+    def constant(cls, irradiance: float | ArrayLike) -> SHLighting:
+        """Uniform light giving ``irradiance`` to every surface: the same as an ambient term."""
+        rgb = np.array(_rgb(irradiance, "irradiance"))
+        coeffs = np.zeros((9, 3))
+        coeffs[0] = rgb / _C4
+        return cls.from_array(coeffs)
+
+    @classmethod
+    def from_lights(
+        cls, lights: Sequence[DirectionalLight], *, ambient: float | ArrayLike = 0.0
+    ) -> SHLighting:
+        """Project directional lights (and an ambient term) onto the nine coefficients.
+
+        The result is the smooth, low-frequency version of those lights: within about 0.1 of the
+        exact Lambert shading per unit of intensity.
+        """
+        coeffs = cls.constant(ambient).as_array()
+        for light in lights:
+            basis = np.array(_Y_SCALE) * _polynomials(np.array([light.direction]))[0]
+            coeffs += np.outer(basis, np.array(light.color) * light.intensity)
+        return cls.from_array(coeffs)
+
+    def as_array(self) -> _F64:
+        """The coefficients as a (9, 3) float64 array."""
+        return np.array(self.coefficients, dtype=np.float64)
+
+    def irradiance(self, normals: ArrayLike) -> _F32:
+        """Irradiance (…, 3) for unit normals (…, 3); not clamped (it can dip below zero)."""
+        n = np.asarray(normals, dtype=np.float32)
+        flat = n.reshape(-1, 3)
+        out = sh_basis(flat) @ self.as_array().astype(np.float32)
+        return out.reshape(*n.shape[:-1], 3)
+
+
+def _sh_array(coefficients: ArrayLike) -> _F64:
+    arr = np.asarray(coefficients, dtype=np.float64)
+    if arr.shape == (9,):
+        arr = np.repeat(arr[:, None], 3, axis=1)
+    if arr.shape != (9, 3) or not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"SH lighting needs 9 finite coefficients (or 9 RGB triples), got shape {arr.shape}"
+        )
+    return arr
+
+
+def _polynomials(n: NDArray[np.floating]) -> NDArray[np.floating]:
+    """The polynomial parts of the nine real harmonics, (N, 9), in SH_ORDER."""
+    x, y, z = n[:, 0], n[:, 1], n[:, 2]
+    one = np.ones_like(x)
+    return np.stack([one, y, z, x, x * y, y * z, 3 * z * z - 1, x * z, x * x - y * y], axis=1)
+
+
+def sh_basis(normals: NDArray[np.floating]) -> _F32:
+    """Irradiance basis (N, 9): ``E(n) = sh_basis(n) @ L`` for radiance coefficients ``L``.
+
+    Ramamoorthi & Hanrahan's quadratic form, one column per coefficient in :data:`SH_ORDER`.
+    """
+    n = np.asarray(normals, dtype=np.float32)
+    x, y, z = n[:, 0], n[:, 1], n[:, 2]
+    return np.stack(
+        [
+            np.full_like(x, _C4),
+            2 * _C2 * y,
+            2 * _C2 * z,
+            2 * _C2 * x,
+            2 * _C1 * x * y,
+            2 * _C1 * y * z,
+            _C3 * z * z - _C5,
+            2 * _C1 * x * z,
+            _C1 * (x * x - y * y),
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+LightSpec: TypeAlias = (
+    "DirectionalLight | SHLighting | Sequence[DirectionalLight | SHLighting] | None"
+)
+
+
+def _light_list(light: LightSpec) -> list[DirectionalLight | SHLighting]:
+    if light is None:
+        return []
+    if isinstance(light, DirectionalLight | SHLighting):
+        return [light]
+    items = list(light)
+    for item in items:
+        if not isinstance(item, DirectionalLight | SHLighting):
+            raise TypeError(f"lights must be DirectionalLight or SHLighting, got {item!r}")
+    return items
+
+
+def shading(
+    normals: NDArray[np.floating],
+    *,
+    light: LightSpec,
+    ambient: float | ArrayLike = 0.0,
+) -> _F32:
+    """Irradiance (N, 3) on unit normals (N, 3): ambient + Lambert lights + SH lights, >= 0.
+
+    Example:
+        >>> s = shading(np.array([[0.0, 0.0, 1.0]]), light=DirectionalLight((0, 0, 1)), ambient=0.1)
+        >>> np.round(s.astype(float), 3).tolist()
+        [[1.1, 1.1, 1.1]]
+    """
+    n = np.asarray(normals, dtype=np.float32)
+    out = np.empty((len(n), 3), dtype=np.float32)
+    out[:] = np.array(_rgb(ambient, "ambient"), dtype=np.float32)
+    for item in _light_list(light):
+        if isinstance(item, SHLighting):
+            out += item.irradiance(n)
+        else:
+            cosine = np.maximum(n @ np.array(item.direction, dtype=np.float32), 0.0)
+            out += np.outer(cosine, np.array(item.color, dtype=np.float32) * item.intensity)
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+def _specular(
+    normals: NDArray[np.float32], light: LightSpec, strength: float, shininess: float
+) -> _F32:
+    """Blinn-Phong highlights of the directional lights, for a viewer along +Z."""
+    out = np.zeros((len(normals), 3), dtype=np.float32)
+    for item in _light_list(light):
+        if not isinstance(item, DirectionalLight):
+            continue
+        d = np.array(item.direction, dtype=np.float32)
+        half = d + np.array([0.0, 0.0, 1.0], dtype=np.float32)
+        norm = float(np.linalg.norm(half))
+        if norm == 0.0:  # light straight behind the viewer's back: no highlight can face both
+            continue
+        facing = (normals @ d) > 0
+        lobe = np.maximum(normals @ (half / norm), 0.0) ** np.float32(shininess) * facing
+        out += np.outer(lobe, np.array(item.color, dtype=np.float32) * (item.intensity * strength))
+    return out
+
+
+def srgb_to_linear(c: NDArray[np.float32]) -> _F32:
+    c = np.clip(c, 0.0, None)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(c: NDArray[np.float32]) -> _F32:
+    c = np.clip(c, 0.0, None)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+def _fit_shading(normals: _F32, mask: NDArray[np.bool_], luma: _F32) -> _F32 | None:
+    """Least-squares SH fit of the photo's luminance on the person: its current shading.
+
+    The fit sees albedo times shading and cannot tell them apart, so it is scaled to a mean of
+    one: dividing by it flattens the photo's lighting while keeping its overall brightness.
+    """
+    count = int(mask.sum())
+    step = max(1, math.isqrt(max(1, count // _FIT_SAMPLES)))
+    sub = mask[::step, ::step]
+    basis = sh_basis(normals[::step, ::step][sub]).astype(np.float64)
+    target = luma[::step, ::step][sub].astype(np.float64)
+    if len(target) < 9:
+        return None
+    coeffs, *_ = np.linalg.lstsq(basis, target, rcond=None)
+    mean = float((basis @ coeffs).mean())
+    # A black photo has no shading to divide out.
+    return (coeffs / mean).astype(np.float32) if mean > 1e-6 else None
+
+
+ImageT = TypeVar("ImageT", Image.Image, "np.ndarray[Any, Any]")
+
+
+def relight_image(
+    image: ImageT,
+    normals: _F32,
+    mask: NDArray[np.bool_],
+    *,
+    light: LightSpec,
+    ambient: float | ArrayLike = 0.0,
+    specular: float = 0.0,
+    shininess: float = 32.0,
+    mode: Literal["albedo", "ratio"] = "albedo",
+    srgb: bool = True,
+    eps: float = 0.05,
+) -> ImageT:
+    """Relight ``image`` (same size as ``normals``); see :meth:`NormalMap.relight`.
+
+    A PIL image comes back as a PIL image (RGB, alpha kept), a uint8 array as uint8 (H, W, 3)
+    or (H, W, 4), a float array as float32, unclipped above one.
+    """
+    if mode not in ("albedo", "ratio"):
+        raise ValueError(f"mode must be 'albedo' or 'ratio', not {mode!r}")
+    if specular < 0 or shininess <= 0 or eps <= 0:
+        raise ValueError("specular must be >= 0, shininess > 0 and eps > 0")
+    options = _Options(
+        light=_light_list(light),
+        ambient=_rgb(ambient, "ambient"),
+        specular=float(specular),
+        shininess=float(shininess),
+        ratio=mode == "ratio",
+        srgb=srgb,
+        eps=float(eps),
+    )
+    if isinstance(image, Image.Image):
+        alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+        rgb = np.asarray(image.convert("RGB"))
+        pixels = rgb.astype(np.float32) / np.float32(255.0)
+        out = _to_uint8(_relight_float(pixels, normals, mask, options), rgb, mask)
+        picture = Image.fromarray(out)
+        if alpha is not None:
+            picture.putalpha(alpha)
+        return picture
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    rgb_part = arr[..., :3]
+    alpha_part = arr[..., 3:]
+    if arr.dtype == np.uint8:
+        pixels = rgb_part.astype(np.float32) / np.float32(255.0)
+        out = _to_uint8(_relight_float(pixels, normals, mask, options), rgb_part, mask)
+        return np.concatenate([out, alpha_part], axis=2) if alpha_part.size else out
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"image arrays must be uint8 or floating point, got {arr.dtype}")
+    result = _relight_float(rgb_part.astype(np.float32), normals, mask, options)
+    if alpha_part.size:
+        return np.concatenate([result, alpha_part.astype(np.float32)], axis=2)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    light: list[DirectionalLight | SHLighting]
+    ambient: Vec3
+    specular: float
+    shininess: float
+    ratio: bool
+    srgb: bool
+    eps: float
+
+
+def _relight_float(pixels: _F32, normals: _F32, mask: NDArray[np.bool_], options: _Options) -> _F32:
+    light, srgb, eps = options.light, options.srgb, options.eps
+    height, width = pixels.shape[:2]
+    if normals.shape[:2] != (height, width):
+        raise ValueError(
+            f"image is {width}x{height} but the normal map is {normals.shape[1]}x{normals.shape[0]}"
+        )
+    linear = srgb_to_linear(pixels) if srgb else np.clip(pixels, 0.0, None)
+    fit = _fit_shading(normals, mask, linear @ _REC709_LUMA) if options.ratio else None
+    result = pixels.copy()
+    # Row blocks bound the temporaries on large images; within a block all work is vectorised.
+    for top in range(0, height, _ROWS_PER_BLOCK):
+        block = slice(top, top + _ROWS_PER_BLOCK)
+        m = mask[block]
+        if not m.any():
+            continue
+        n = normals[block][m]
+        lit = linear[block][m] * shading(n, light=light, ambient=options.ambient)
+        if fit is not None:
+            lit /= np.maximum(sh_basis(n) @ fit, np.float32(eps))[:, None]
+        if options.specular > 0:
+            lit += _specular(n, light, options.specular, options.shininess)
+        np.maximum(lit, 0.0, out=lit)
+        out_block = result[block]
+        out_block[m] = linear_to_srgb(lit) if srgb else lit
+    return result
+
+
+def _to_uint8(
+    result: _F32, original: NDArray[np.uint8], mask: NDArray[np.bool_]
+) -> NDArray[np.uint8]:
+    out: NDArray[np.uint8] = np.clip(np.rint(result * np.float32(255.0)), 0, 255).astype(np.uint8)
+    # The background is copied bit for bit rather than through the float round trip.
+    out[~mask] = original[~mask]
+    return out

@@ -1,0 +1,46 @@
+"""Type-checked use of the public API (mypy --strict runs over this file; it is never executed)."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+
+import clipnormals
+
+
+async def typed_usage(paths: list[str]) -> None:
+    client = clipnormals.AsyncClient(
+        api_key="k",
+        base_url="http://127.0.0.1:8765",
+        rate_limit=clipnormals.RateLimit(requests=60, per=60.0, burst=1),
+        max_concurrency=8,
+        retry=clipnormals.RetryPolicy(attempts=5, total=120.0),
+        credits=clipnormals.CreditPolicy(reserve=5, budget=100),
+        timeout=httpx.Timeout(30.0),
+        transport=httpx.MockTransport(lambda request: httpx.Response(500)),
+    )
+    async with client:
+        nm: clipnormals.NormalMap = await client.surface_normals(paths[0])
+        jpeg: bytes = nm.jpeg
+        normals: np.ndarray = nm.normals
+        mask: np.ndarray = nm.mask
+        remaining: int | None = nm.credits_remaining
+        async for item in client.map(paths):
+            source: str = item.source
+            if item.ok:
+                result: clipnormals.NormalMap = item.unwrap()
+            else:
+                error: clipnormals.ClipnormalsError | None = item.error
+        ledger: clipnormals.CreditLedger = client.credits
+        left: int | None = ledger.remaining
+        stats: clipnormals.ClientStats = client.stats
+        rpm: float | None = stats.requests_per_minute
+    del jpeg, normals, mask, remaining, source, result, error, left, rpm
+
+
+def typed_sync(path: str) -> clipnormals.NormalMap:
+    with clipnormals.Client(api_key="k") as client:
+        for item in client.map([path]):
+            if isinstance(item.error, clipnormals.CreditBudgetError):
+                break
+        return client.surface_normals(path)
