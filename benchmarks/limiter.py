@@ -29,8 +29,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import clipnormals  # noqa: E402
-from tests.fakeapi import max_in_window, normal_map_jpeg  # noqa: E402
+import clipnormals
+from tests.fakeapi import max_in_window, normal_map_jpeg
 
 JPEG = normal_map_jpeg(32, 24)
 
@@ -58,8 +58,11 @@ async def busy_loop(stop: anyio.Event, lateness: list[float]) -> None:
         time.sleep(rng.uniform(0.001, 0.003))  # noqa: ASYNC251 - the point: block the loop
 
 
+SAMPLE = Path(__file__).resolve().parents[1] / "clipnormals/samples/camera.png"
+
+
 async def run(n: int, requests: int, per: float) -> dict[str, dict[str, float]]:
-    image = clipnormals.prepare_image(Path(__file__).resolve().parents[1] / "clipnormals/samples/camera.png")
+    image = clipnormals.prepare_image(SAMPLE.read_bytes())
     variants = {
         "clipnormals (slack 0.1)": clipnormals.RateLimit(requests=requests, per=per),
         "textbook bucket (slack 0)": clipnormals.RateLimit(requests=requests, per=per, slack=0.0),
