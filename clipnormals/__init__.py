@@ -13,8 +13,11 @@ facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in f
 ``clipnormals.testing`` has pytest fixtures built on it.
 """
 
+from ._batch import run_batch
+from ._batch_types import BatchConfig, BatchSummary, ExitCode
 from ._client import AsyncClient, Endpoint
 from ._credits import CreditLedger, CreditPolicy
+from ._dryrun import DryRunReport, dry_run
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -33,6 +36,7 @@ from ._exceptions import (
     UnexpectedResponseError,
 )
 from ._limiter import Limiter, LocalLimiter, RateLimit
+from ._manifest import ManifestRecord, RecordStatus, read_manifest
 from ._map import MapIterator
 from ._normalmap import NormalMap
 from ._pictures import contact_sheet
@@ -51,6 +55,8 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BatchConfig",
+    "BatchSummary",
     "Client",
     "ClientClosedError",
     "ClientStats",
@@ -59,12 +65,15 @@ __all__ = [
     "CreditLedger",
     "CreditPolicy",
     "DirectionalLight",
+    "DryRunReport",
     "Endpoint",
+    "ExitCode",
     "ImageSource",
     "InsufficientCreditsError",
     "InvalidImageError",
     "Limiter",
     "LocalLimiter",
+    "ManifestRecord",
     "MapItem",
     "MapIterator",
     "NormalConvention",
@@ -75,12 +84,16 @@ __all__ = [
     "PreparedImage",
     "RateLimit",
     "RateLimitError",
+    "RecordStatus",
     "RetryPolicy",
     "SHLighting",
     "ServerError",
     "UnexpectedResponseError",
     "__version__",
     "contact_sheet",
+    "dry_run",
     "prepare_image",
+    "read_manifest",
+    "run_batch",
     "sniff_format",
 ]

@@ -1,0 +1,5 @@
+"""``python -m clipnormals``: the same as the ``clipnormals`` command."""
+
+from ._cli import main
+
+main()

@@ -1,0 +1,199 @@
+"""The manifest survives a kill at any byte, and the latest record of a source wins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clipnormals._atomic import TEMP_SUFFIX, atomic_write_bytes, remove_stale_temporaries
+from clipnormals._manifest import (
+    ManifestLockedError,
+    ManifestRecord,
+    ManifestWriter,
+    RecordStatus,
+    read_manifest,
+)
+
+
+def rec(source: str, status: RecordStatus = RecordStatus.DONE, **kw: Any) -> ManifestRecord:
+    return ManifestRecord(
+        source=source, path=f"/in/{source}", sha256="ab" * 32, status=status, **kw
+    )
+
+
+def test_record_round_trips_and_ignores_unknown_fields() -> None:
+    r = rec("a.png", credits=1, credits_remaining=99, output="a.png.normals.jpg")
+    assert ManifestRecord.from_json(r.to_json()) == r
+    line = r.to_json()[:-1] + ',"added_in_a_later_version":1}'
+    assert ManifestRecord.from_json(line) == r
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['{"source":"a","path":"/a","sha256":null,"status":"weird"}', "[1,2]", '{"path":"/a"}', "x"],
+)
+def test_from_json_rejects_non_records(line: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        ManifestRecord.from_json(line)
+
+
+def test_latest_record_per_source_wins(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.append([rec("a", RecordStatus.FAILED), rec("b", RecordStatus.DONE)])
+        w.append([rec("a", RecordStatus.DONE, attempts=2)])
+    state = read_manifest(path)
+    assert list(state.records) == ["b", "a"]  # order of last write
+    assert state.records["a"].status is RecordStatus.DONE
+    assert state.records["a"].attempts == 2
+    assert state.lines == 3
+    assert state.needs_compaction
+
+
+def test_missing_manifest_reads_empty(tmp_path: Path) -> None:
+    state = read_manifest(tmp_path / "nope.jsonl")
+    assert state.records == {}
+    assert not state.needs_compaction
+
+
+def test_every_truncation_point_reads_and_appends_cleanly(tmp_path: Path) -> None:
+    """A kill -9 can cut the last append at any byte: the reader keeps every whole record and
+    the next writer appends after them without gluing a new record to the torn one."""
+    full = tmp_path / "full.jsonl"
+    with ManifestWriter(full) as w:
+        w.append([rec("a"), rec("b")])
+        w.append([rec("c", RecordStatus.FAILED, error="boom é")])
+    data = full.read_bytes()
+    first_two = data.index(b"\n", data.index(b"\n") + 1) + 1
+    for cut in range(first_two, len(data) + 1):
+        path = tmp_path / f"cut{cut}.jsonl"
+        path.write_bytes(data[:cut])
+        state = read_manifest(path)
+        complete = cut >= len(data) - 1  # the last record parses with or without its newline
+        assert set(state.records) == ({"a", "b", "c"} if complete else {"a", "b"}), cut
+        assert state.bad_lines == 0
+        assert state.torn == (not complete and cut > first_two)
+        with ManifestWriter(path) as w:
+            w.append([rec("d")])
+        again = read_manifest(path)
+        assert set(again.records) == set(state.records) | {"d"}, cut
+        assert not again.torn
+        assert again.bad_lines == 0
+
+
+def test_garbage_line_in_the_middle_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text(rec("a").to_json() + "\n{not json\n" + rec("b").to_json() + "\n")
+    state = read_manifest(path)
+    assert set(state.records) == {"a", "b"}
+    assert state.bad_lines == 1
+    assert state.needs_compaction
+
+
+def test_compaction_keeps_only_latest_records(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.append([rec("a", RecordStatus.FAILED), rec("b"), rec("a")])
+    path.write_bytes(path.read_bytes() + b'{"source":"tor')
+    state = read_manifest(path)
+    with ManifestWriter(path) as w:
+        w.compact(state)
+        w.append([rec("c")])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    compacted = read_manifest(path)
+    assert list(compacted.records) == ["b", "a", "c"]
+    assert not compacted.needs_compaction
+
+
+def test_last_balance_is_the_most_recent_report(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.append(
+            [
+                rec("a", credits_remaining=10, done_at="2024-01-01T00:00:02.000Z"),
+                rec("b", credits_remaining=11, done_at="2024-01-01T00:00:01.000Z"),
+                rec("c", RecordStatus.FAILED),
+            ]
+        )
+    assert read_manifest(path).last_balance() == (10, "2024-01-01T00:00:02.000Z")
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path), pytest.raises(ManifestLockedError, match="another run"):
+        ManifestWriter(path).__enter__()
+    with ManifestWriter(path) as w:  # released on exit
+        w.append([rec("a")])
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib; from clipnormals._manifest import ManifestWriter; "
+            "w = ManifestWriter(pathlib.Path(sys.argv[1])).__enter__(); "
+            "print('locked', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == b"locked"
+            with pytest.raises(ManifestLockedError):
+                ManifestWriter(path).__enter__()
+        finally:
+            holder.kill()
+            holder.wait()
+    with ManifestWriter(path) as w:
+        w.append([rec("a")])
+    assert "a" in read_manifest(path).records
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "x.jpg"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new content")
+    assert target.read_bytes() == b"new content"
+    assert [p.name for p in target.parent.iterdir()] == ["x.jpg"]
+
+
+def test_atomic_write_failure_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "x.jpg"
+    atomic_write_bytes(target, b"old")
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.jpg"]
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / f".a.jpg.1234abcd{TEMP_SUFFIX}"
+    stale.write_bytes(b"half")
+    keep = tmp_path / "sub" / "a.jpg"
+    keep.write_bytes(b"whole")
+    hidden = tmp_path / ".hidden"
+    hidden.write_bytes(b"user file")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists()
+    assert keep.exists()
+    assert hidden.exists()
