@@ -449,7 +449,10 @@ def test_exif_orientation_is_applied_and_removed(orientation: int, fmt: str) -> 
     assert ImageOps.exif_transpose(decode(data)).size == display.size
     prepared = prepare_image(data, options=PrepareOptions(strict=True))
     assert prepared.orientation == orientation
-    assert prepared.changes == ("exif-orientation",)
+    if fmt == "JPEG":
+        assert (prepared.format, prepared.changes) == ("JPEG", ("exif-orientation", "re-encoded"))
+    else:
+        assert (prepared.format, prepared.changes) == ("PNG", ("exif-orientation",))
     assert prepared.size == prepared.display_size == (60, 30)
     out = decode(prepared.data)
     assert ORIENTATION not in out.getexif()
@@ -470,7 +473,8 @@ def test_rotated_jpeg_too_big_as_png_becomes_jpeg_q95_even_in_strict_mode(
     seen = ImageOps.exif_transpose(decode(data))
     limit = len(encode(seen, "JPEG", quality=95)) + 500
     assert len(encode(seen, "PNG", optimize=True)) > limit
-    prepared = prepare_image(data, options=PrepareOptions(strict=True, max_bytes=limit))
+    options = PrepareOptions(reencode_jpeg_as="PNG", strict=True, max_bytes=limit)
+    prepared = prepare_image(data, options=options)
     assert prepared.format == "JPEG"
     assert prepared.changes == ("exif-orientation", "re-encoded")
     assert len(prepared.data) <= limit
@@ -480,9 +484,10 @@ def test_rotated_jpeg_too_big_as_png_becomes_jpeg_q95_even_in_strict_mode(
     assert pixels(out.convert("L"))[:20, :30].min() > 200
 
 
-def test_jpeg_sources_can_stay_jpeg_when_reencoded() -> None:
+def test_jpeg_sources_stay_jpeg_when_reencoded_by_default() -> None:
+    assert PrepareOptions().reencode_jpeg_as == "JPEG"
     data = with_orientation(marked(), 3, "JPEG")
-    options = PrepareOptions(reencode_jpeg_as="JPEG", strict=True)
+    options = PrepareOptions(strict=True)
     prepared = prepare_image(data, options=options)
     assert (prepared.format, prepared.changes) == ("JPEG", ("exif-orientation", "re-encoded"))
     out = decode(prepared.data)
@@ -491,6 +496,38 @@ def test_jpeg_sources_can_stay_jpeg_when_reencoded() -> None:
     # other sources still become PNG
     tiff = encode(marked(), "TIFF")
     assert prepare_image(tiff, options=options).format == "PNG"
+
+
+def test_rotated_photo_uploads_far_smaller_as_jpeg_than_as_png(astronaut: bytes) -> None:
+    data = with_orientation(decode(astronaut).convert("RGB"), 6, "JPEG")
+    as_jpeg = prepare_image(data)
+    as_png = prepare_image(data, options=PrepareOptions(reencode_jpeg_as="PNG"))
+    assert (as_jpeg.format, as_png.format) == ("JPEG", "PNG")
+    assert as_jpeg.size == as_png.size == (512, 512)
+    assert len(as_jpeg.data) * 3 < len(as_png.data)
+    difference = np.abs(pixels(decode(as_jpeg.data)) - pixels(decode(as_png.data)))
+    assert difference.mean() < 2
+
+
+def test_jpeg_sources_become_lossless_png_when_asked() -> None:
+    options = PrepareOptions(reencode_jpeg_as="PNG")
+    data = with_orientation(noise(40, 20), 3, "JPEG")
+    prepared = prepare_image(data, options=options)
+    assert (prepared.format, prepared.changes) == ("PNG", ("exif-orientation",))
+    upright = decode(data).transpose(Image.Transpose.ROTATE_180)
+    assert np.array_equal(pixels(decode(prepared.data)), pixels(upright))
+    downscaled = prepare_image(
+        encode(noise(200, 100), "JPEG"), options=replace(options, max_pixels=5000)
+    )
+    assert (downscaled.format, downscaled.changes) == ("PNG", ("downscaled",))
+    with Image.open(io.BytesIO(encode(noise(40, 20), "JPEG"))) as image:
+        assert prepare_image(image, options=options).format == "PNG"
+        assert prepare_image(image).format == "JPEG"
+    # a JPEG that is only too big stays a JPEG whatever the option: a PNG would be bigger
+    big = encode(smooth(200, 100), "JPEG", quality=100, subsampling=0)
+    limit = len(big) - 1000
+    too_big = prepare_image(big, options=replace(options, max_bytes=limit))
+    assert (too_big.format, too_big.changes) == ("JPEG", ("re-encoded",))
 
 
 def test_strict_mode_stops_at_jpeg_quality_95(astronaut: bytes) -> None:
@@ -514,7 +551,8 @@ def test_orientation_and_downscale_combine() -> None:
     assert width * height <= 10_000
     assert abs(width / height - 2.0) < 0.05
     assert prepared.scale == pytest.approx(width / 600)
-    assert set(prepared.changes) == {"downscaled", "exif-orientation"}
+    assert prepared.format == "JPEG"
+    assert set(prepared.changes) == {"downscaled", "exif-orientation", "re-encoded"}
     grey = pixels(decode(prepared.data).convert("L"))
     assert grey[: height // 5, : width // 5].min() > 200
     assert grey[-height // 2 :, -width // 2 :].max() < 30
@@ -538,7 +576,7 @@ def test_downscale_of_a_jpeg(astronaut: bytes) -> None:
     data = encode(decode(astronaut).convert("RGB"), "JPEG", quality=90)
     prepared = prepare_image(data, options=PrepareOptions(max_pixels=10_000))
     assert prepared.size == (100, 100)
-    assert prepared.changes == ("downscaled",)
+    assert (prepared.format, prepared.changes) == ("JPEG", ("downscaled", "re-encoded"))
 
 
 @pytest.mark.parametrize(
