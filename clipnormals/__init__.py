@@ -14,7 +14,7 @@ facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in f
 """
 
 from ._batch import run_batch
-from ._batch_types import BatchConfig, BatchSummary, ExitCode
+from ._batch_types import BatchConfig, BatchControl, BatchReporter, BatchSummary, ExitCode
 from ._client import AsyncClient, Endpoint
 from ._credits import CreditLedger, CreditPolicy
 from ._dryrun import DryRunReport, dry_run
@@ -36,7 +36,7 @@ from ._exceptions import (
     UnexpectedResponseError,
 )
 from ._limiter import Limiter, LocalLimiter, RateLimit
-from ._manifest import ManifestRecord, RecordStatus, read_manifest
+from ._manifest import ManifestLockedError, ManifestRecord, RecordStatus, read_manifest
 from ._map import MapIterator
 from ._normalmap import NormalMap
 from ._pictures import contact_sheet
@@ -56,6 +56,8 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchConfig",
+    "BatchControl",
+    "BatchReporter",
     "BatchSummary",
     "Client",
     "ClientClosedError",
@@ -73,6 +75,7 @@ __all__ = [
     "InvalidImageError",
     "Limiter",
     "LocalLimiter",
+    "ManifestLockedError",
     "ManifestRecord",
     "MapItem",
     "MapIterator",

@@ -98,7 +98,14 @@ async def open_client(options: ClientOptions) -> AsyncIterator[AsyncClient]:
             yield client
         return
     try:
-        client = make(resolve_api_key(None, env_var=options.api_key_env), options.base_url)
+        key = resolve_api_key(None, env_var=options.api_key_env)
+    except AuthenticationError:
+        raise UsageError(
+            f"no API key: set {options.api_key_env}, or name another variable with "
+            "--api-key-env (--emulator needs no key)"
+        ) from None
+    try:
+        client = make(key, options.base_url)
     except ClipnormalsError as exc:
         raise UsageError(exc.message) from None
     async with client:

@@ -411,7 +411,9 @@ class AsyncClient:
             self._counters.server_errors += 1
         else:
             self._counters.other_errors += 1
-        if isinstance(error, InsufficientCreditsError | PermissionDeniedError):
+        if isinstance(error, InsufficientCreditsError):
+            self._ledger.halt(error, remaining=0)
+        elif isinstance(error, PermissionDeniedError):
             self._ledger.halt(error)
         raise error
 

@@ -168,10 +168,16 @@ class CreditLedger:
         if self.reserved == 0 and (reason := self._refusal()) is not None:
             raise CreditBudgetError(reason)
 
-    def halt(self, error: APIStatusError) -> None:
-        """Refuse every later request, without I/O (after a 402 or 403)."""
+    def halt(self, error: APIStatusError, *, remaining: int | None = None) -> None:
+        """Refuse every later request, without I/O (after a 402 or 403).
+
+        ``remaining`` is the balance the halting answer implies (0 for a 402) when it did not
+        carry one itself.
+        """
         if self._halted is None:
             self._halted = error
+        if remaining is not None and (self.remaining is None or remaining < self.remaining):
+            self.remaining = remaining
         self._notify()
 
     @asynccontextmanager

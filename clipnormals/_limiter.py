@@ -13,10 +13,13 @@ a start that comes ``d`` seconds late finds the bucket already ``d * r`` tokens 
 next start is due ``d`` seconds sooner, as long as ``d`` stays below ``slack`` spacings. The
 price is ``slack`` tokens of sustained rate (default 0.1: 58.9/60 = 98.2% of the quota).
 
-Why the spare token: the server counts arrivals, not sends. Capping at ``requests - burst``
-refills a window means ``requests + 1`` sends span at least ``per + per / (requests - burst -
-slack)`` seconds, so arrival times may wander by about one request spacing without any
-window on the server seeing more than ``requests``.
+Why ``requests - burst`` and not ``requests``: the server counts arrivals, not sends, and
+arrivals wander (connection set-up, upload time, network). At the full rate, 61 sends could
+fit in a window a hair longer than ``per`` and a little jitter would put them all in one server
+window. Holding back one token per window means ``requests + 1`` sends always span at least
+``per + per / (requests - burst - slack)`` seconds (about one request spacing more than
+``per``), so arrivals may wander by up to a spacing and no server window sees more than
+``requests``.
 
 Only this module imports aiolimiter (asyncio only: trio is not supported).
 """
@@ -42,8 +45,10 @@ class RateLimit:
         per: the window, in seconds.
         burst: how many requests may start back to back from an idle client. Each one of burst
             is taken from the sustained rate, so the guarantee holds for any value.
-        slack: how late (in request spacings) a start may be before the lateness is lost; see the
-            module docstring. 0 gives the textbook bucket.
+        slack: how late (in request spacings) a start may be before the lateness is lost. Timer
+            wake-ups on a busy loop come late; with capacity ``burst + slack`` a late start is
+            made up by the next one instead of pushing every later start back. 0 gives the
+            textbook bucket, which loses about 1% of the quota to millisecond lateness.
         max_cooldown: the longest shared pause a 429 may impose, in seconds.
 
     Example:
