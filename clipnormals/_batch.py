@@ -214,7 +214,8 @@ class _Runner:
         for record in records:
             self.counts[record.status] += 1
             if (
-                record.status in (RecordStatus.DONE, RecordStatus.SKIPPED)
+                self.config.contact_sheets  # kept only for them: O(N) paths otherwise
+                and record.status in (RecordStatus.DONE, RecordStatus.SKIPPED)
                 and record.output is not None
             ):
                 self.finished.append((Path(record.path), self.config.output_dir / record.output))

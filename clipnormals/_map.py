@@ -1,9 +1,9 @@
 """Streaming many images through the client with bounded memory.
 
-A pump task pulls sources one at a time and starts a worker for each, but only while fewer than
-``depth`` are unfinished; a worker holds its place until the consumer has taken its item. So at
-most ``depth`` sources and results are alive at once, whether the input holds ten images or ten
-million, and a slow consumer slows the pump instead of filling memory.
+A pump task runs ``depth`` workers; each pulls the next source (one worker at a time), runs it,
+and waits until the consumer has taken its item before pulling another. So at most ``depth``
+sources and results are alive at once, whether the input holds ten images or ten million, and a
+slow consumer slows the workers instead of filling memory.
 
 The pump runs in its own asyncio task: an async generator must not yield from inside a task
 group, and the consumer may stop iterating at any point. Closing the iterator (or the client)
@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+import itertools
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -106,33 +114,43 @@ class MapIterator(Generic[S]):
         self._send.close()
 
     async def _pump(self) -> None:
-        places = anyio.Semaphore(self._depth)
-        async with self._send, anyio.create_task_group() as tg:
-            index = 0
-            async for source in _iterate(self._sources):
-                await places.acquire()
-                tg.start_soon(self._work, index, source, self._send.clone(), places)
-                index += 1
+        # A fixed pool of workers, not a task per image: cheaper per image, and the pool size
+        # is the bound on sources and results alive at once.
+        sources = _iterate(self._sources)
+        turn = anyio.Lock()
+        counter = itertools.count()
+        try:
+            async with self._send, anyio.create_task_group() as tg:
+                for _ in range(self._depth):
+                    tg.start_soon(self._work, sources, turn, counter, self._send.clone())
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sources.aclose()
 
     async def _work(
         self,
-        index: int,
-        source: S,
+        sources: AsyncIterator[S],
+        turn: anyio.Lock,
+        counter: itertools.count[int],
         send: MemoryObjectSendStream[MapItem[S]],
-        places: anyio.Semaphore,
     ) -> None:
-        try:
-            async with send:
+        async with send:
+            while True:
+                async with turn:  # one worker at a time pulls the next source
+                    try:
+                        source = await anext(sources)
+                    except StopAsyncIteration:
+                        return
+                    index = next(counter)
                 value, attempts = await self._run(source)
                 if isinstance(value, ClipnormalsError):
                     item = MapItem(index=index, source=source, error=value, attempts=attempts)
                 else:
                     item = MapItem(index=index, source=source, result=value, attempts=attempts)
-                await send.send(item)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the consumer went away; nobody is left to tell
-        finally:
-            places.release()
+                try:
+                    await send.send(item)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return  # the consumer went away; nobody is left to tell
 
 
 async def _wait(task: asyncio.Task[None]) -> None:
@@ -140,7 +158,7 @@ async def _wait(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def _iterate(sources: Iterable[S] | AsyncIterable[S]) -> AsyncIterator[S]:
+async def _iterate(sources: Iterable[S] | AsyncIterable[S]) -> AsyncGenerator[S, None]:
     if isinstance(sources, AsyncIterable):
         async for source in sources:
             yield source

@@ -201,3 +201,13 @@ def test_runtime_key_changes_are_validated() -> None:
     emulator.set_credits("fresh", 2)
     assert emulator.keys() == ["k", "fresh"]
     assert emulator.default_key == "k"
+
+
+def test_listening_socket_is_tcp_so_responses_are_not_held_by_nagle() -> None:
+    # asyncio turns on TCP_NODELAY for accepted connections only when the listener's protocol
+    # is IPPROTO_TCP; with 0, every response waited ~40 ms for the client's delayed ACK.
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
