@@ -365,13 +365,17 @@ async def test_abort_leaves_a_readable_manifest_and_resume_finishes(tmp_path: Pa
     assert not state.torn
     assert state.bad_lines == 0
     recorded = {r.sha256 for r in state.records.values() if r.status is RecordStatus.DONE}
-    # Results already received are written even when aborting (their settling is shielded).
-    assert len(recorded) == charged(emulator)
+    # Results already received are written even when aborting (their settling is shielded);
+    # an abort cancels the requests in flight, and the server may have charged those (at most
+    # max_concurrency=4 of them) without its answer ever being read, as with kill -9.
+    assert len(recorded) >= 3
+    assert 0 <= charged(emulator) - len(recorded) <= 4
 
+    lost = charged(emulator) - len(recorded)
     summary = await run(emulator, config)
     assert summary.exit_code is ExitCode.OK
     assert set(outputs(config.output_dir)) == set(corpus.good)
-    assert charged(emulator) == 20
+    assert charged(emulator) == 20 + lost
 
 
 async def test_npz_previews_and_contact_sheets(tmp_path: Path) -> None:
