@@ -117,7 +117,7 @@ class _Runner:
         self.total = 0
         self.to_send = 0
         self.handed: list[Job] = []
-        self.settled: set[int] = set()  # id() of the jobs whose records are written
+        self.settled = 0  # jobs whose records are written (each marks itself settled)
         self.finished: list[tuple[Path, Path]] = []  # (source, normal map) done or skipped
         self.stopped: str | None = None
         self.stop_detail = ""
@@ -325,7 +325,7 @@ class _Runner:
                     limiter=self.threads,
                 )
                 self.copied += len(records) - 1
-                self.settled.add(id(job))
+                self._mark_settled(job)
                 await self._record(records)
                 return
             error = item.error
@@ -338,11 +338,16 @@ class _Runner:
     async def _settle_failed(
         self, job: Job, error: ClipnormalsError, status: RecordStatus, *, attempts: int
     ) -> None:
-        self.settled.add(id(job))
+        self._mark_settled(job)
         await self._record(failed_records(job, error, status, attempts=attempts))
 
+    def _mark_settled(self, job: Job) -> None:
+        if not job.settled:
+            job.settled = True
+            self.settled += 1
+
     async def _record_unsent(self, jobs: list[Job]) -> None:
-        unsent = [j for j in jobs if id(j) not in self.settled]
+        unsent = [j for j in jobs if not j.settled]
         error_type, message = {
             StopReason.CREDITS: ("CreditBudgetError", "not sent: credits ran out"),
             StopReason.AUTH: ("ClientClosedError", "not sent: the server refused the API key"),
@@ -366,8 +371,8 @@ class _Runner:
             failed=self.counts[RecordStatus.FAILED],
             invalid=self.counts[RecordStatus.INVALID],
             not_sent=self.counts[RecordStatus.NOT_SENT],
-            uploads_settled=len(self.settled),
-            in_flight=len(self.handed) - sum(1 for j in self.handed if id(j) in self.settled),
+            uploads_settled=self.settled,
+            in_flight=len(self.handed) - sum(1 for j in self.handed if j.settled),
             attempts=stats.attempts - before.attempts,
             retries=stats.retries - before.retries,
             rate_limited=stats.rate_limited - before.rate_limited,

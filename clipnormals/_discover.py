@@ -23,6 +23,7 @@ __all__ = [
     "Discovery",
     "InputFile",
     "discover",
+    "file_digest",
     "hash_file",
     "looks_like_image",
     "sniff_image_format",
@@ -81,19 +82,26 @@ def sniff_image_format(head: bytes) -> str | None:
     return None
 
 
-def looks_like_image(path: Path) -> bool:
+def looks_like_image(path: str | os.PathLike[str]) -> bool:
     """True when the file's bytes announce an image, or its name claims to be one."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if _suffix(os.fspath(path)).lower() in IMAGE_SUFFIXES:
         return True
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             head = f.read(_SNIFF_BYTES)
     except OSError:
         return False
     return sniff_image_format(head) is not None
 
 
-def hash_file(path: Path) -> str:
+def _suffix(path: str) -> str:
+    """``PurePath.suffix`` of a path string, without building (and interning) a path object."""
+    name = os.path.basename(path)
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
     """The SHA-256 of a file's bytes, as hex (read in chunks; call it from a worker thread).
 
     Example:
@@ -102,11 +110,17 @@ def hash_file(path: Path) -> str:
         ...     p = Path(d, "x"); _ = p.write_bytes(b"abc"); hash_file(p)[:12]
         'ba7816bf8f01'
     """
+    return file_digest(path).hex()
+
+
+def file_digest(path: str | os.PathLike[str]) -> bytes:
+    """The SHA-256 of a file's bytes, as the 32 raw bytes (half the size of the hex, for a
+    plan that keeps one per source)."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +128,23 @@ class InputFile:
     """One image to process.
 
     Attributes:
-        path: the absolute path of the file.
+        fspath: the absolute path of the file, as a string (a batch holds one per source, and
+            a string costs a fraction of a :class:`~pathlib.Path`).
         key: its name relative to the input it was found through (POSIX separators); unique in
             a discovery, and the base of its output's name.
+
+    Example:
+        >>> InputFile("/in/a.png", "a.png").path
+        PosixPath('/in/a.png')
     """
 
-    path: Path
+    fspath: str
     key: str
+
+    @property
+    def path(self) -> Path:
+        """The absolute path of the file."""
+        return Path(self.fspath)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +165,15 @@ class Discovery:
 @dataclass(slots=True)
 class _Collector:
     exclude: tuple[Path, ...]
-    found: dict[Path, str] = field(default_factory=dict)
+    # Absolute path strings: path objects would cost several times as much per file, and
+    # their parsing interns every file name for the life of the process.
+    found: dict[str, str] = field(default_factory=dict)
     missing: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
 
-    def add(self, path: Path, key: str) -> None:
+    def add(self, path: str | os.PathLike[str], key: str) -> None:
         # The first input that reaches a file names it: a file given twice is processed once.
-        self.found.setdefault(path, key)
+        self.found.setdefault(os.fspath(path), key)
 
     def excluded(self, path: Path) -> bool:
         return any(path == ex or path.is_relative_to(ex) for ex in self.exclude)
@@ -216,14 +242,14 @@ def _walk(collector: _Collector, root: Path) -> None:
         dirnames[:] = sorted(
             d for d in dirnames if not d.startswith(".") and not collector.excluded(here / d)
         )
+        prefix = "".join(f"{part}/" for part in here.relative_to(root).parts)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
-            path = here / name
-            if path.is_file() and looks_like_image(path):
-                collector.add(
-                    path.resolve(), PurePosixPath(*path.relative_to(root).parts).as_posix()
-                )
+            # Strings, not path objects, per file: see _Collector.found.
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and looks_like_image(path):
+                collector.add(os.path.realpath(path), prefix + name)
             else:
                 collector.ignored += 1
 
@@ -276,13 +302,22 @@ def _key_from_base(path: Path, base: Path) -> str:
     return PurePosixPath(*path.parts[1:]).as_posix()
 
 
-def _unique_keys(found: dict[Path, str]) -> tuple[InputFile, ...]:
-    by_key: dict[str, list[Path]] = {}
+def _unique_keys(found: dict[str, str]) -> tuple[InputFile, ...]:
+    # Nearly every key is unique: only keys reached by several paths get a list.
+    first: dict[str, str] = {}
+    shared: dict[str, list[str]] = {}
     for path, key in found.items():
-        by_key.setdefault(key, []).append(path)
+        taken = first.setdefault(key, path)
+        if taken is not path:
+            shared.setdefault(key, [taken]).append(path)
     files: list[InputFile] = []
-    for key, paths in by_key.items():
-        paths.sort()
+    for key, path in first.items():
+        paths = shared.get(key)
+        if paths is None:
+            files.append(InputFile(path, key))
+            continue
+        # Component by component, as paths compare (``a/b/c`` before ``a/b-c``).
+        paths.sort(key=lambda p: p.split(os.sep))
         files.append(InputFile(paths[0], key))
         for path in paths[1:]:
             # The suffix comes from the path itself, not from a counter, so it does not shift

@@ -67,7 +67,7 @@ def write_outputs(
         records.append(
             ManifestRecord(
                 source=member.key,
-                path=str(member.file.path),
+                path=member.file.fspath,
                 sha256=job.sha256,
                 status=RecordStatus.DONE,
                 output=member.outputs.normals,
@@ -112,7 +112,7 @@ def copy_outputs(config: BatchConfig, job: Job) -> list[ManifestRecord]:
         records.append(
             ManifestRecord(
                 source=member.key,
-                path=str(member.file.path),
+                path=member.file.fspath,
                 sha256=job.sha256,
                 status=RecordStatus.DONE,
                 output=member.outputs.normals,
@@ -138,7 +138,7 @@ def failed_records(
     return [
         ManifestRecord(
             source=member.key,
-            path=str(member.file.path),
+            path=member.file.fspath,
             sha256=job.sha256,
             status=status,
             attempts=attempts if member is primary else 0,
@@ -157,7 +157,7 @@ def unsent_records(jobs: Sequence[Job], error_type: str, message: str) -> list[M
     return [
         ManifestRecord(
             source=member.key,
-            path=str(member.file.path),
+            path=member.file.fspath,
             sha256=job.sha256,
             status=RecordStatus.NOT_SENT,
             error_type=error_type,
@@ -173,7 +173,7 @@ def _failed(members: Sequence[Member], sha256: str, message: str, now: str) -> l
     return [
         ManifestRecord(
             source=m.key,
-            path=str(m.file.path),
+            path=m.file.fspath,
             sha256=sha256,
             status=RecordStatus.FAILED,
             error_type="OSError",

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from ._discover import Discovery, InputFile, discover, hash_file
+from ._discover import Discovery, InputFile, discover, file_digest, hash_file
 from ._manifest import COMPLETE, ManifestRecord, ManifestState, RecordStatus, read_manifest, utc_now
 
 __all__ = [
@@ -28,21 +28,40 @@ __all__ = [
 ]
 
 _HASH_CHUNK_FILES = 32
+_NOT_HASHED = OSError("not hashed")
 
 
 @dataclass(frozen=True, slots=True)
 class Outputs:
-    """Where a source's outputs go, relative to the output folder."""
+    """Where a source's outputs go, relative to the output folder.
 
-    normals: str
-    npz: str
-    preview: str
+    The names are derived from the key when asked for: a batch holds a plan entry per source,
+    and three stored names would be most of its weight.
+
+    Example:
+        >>> Outputs.for_key("a/b.png").npz
+        'a/b.png.normals.npz'
+    """
+
+    key: str
 
     @classmethod
     def for_key(cls, key: str) -> Outputs:
         """``<key>.normals.jpg`` (the response bytes), ``<key>.normals.npz``,
         ``<key>.preview.jpg``."""
-        return cls(f"{key}.normals.jpg", f"{key}.normals.npz", f"{key}.preview.jpg")
+        return cls(key)
+
+    @property
+    def normals(self) -> str:
+        return f"{self.key}.normals.jpg"
+
+    @property
+    def npz(self) -> str:
+        return f"{self.key}.normals.npz"
+
+    @property
+    def preview(self) -> str:
+        return f"{self.key}.preview.jpg"
 
 
 @dataclass(slots=True)
@@ -50,12 +69,15 @@ class Member:
     """One source of a content group."""
 
     file: InputFile
-    outputs: Outputs
     previous: ManifestRecord | None
 
     @property
     def key(self) -> str:
         return self.file.key
+
+    @property
+    def outputs(self) -> Outputs:
+        return Outputs(self.file.key)
 
 
 @dataclass(slots=True)
@@ -63,19 +85,27 @@ class Job:
     """The work for one distinct content.
 
     Attributes:
-        sha256: the content's hash.
+        digest: the content's SHA-256 (raw bytes; :attr:`sha256` is its hex).
         pending: members that need their normal map written.
-        complete: members whose output is intact (with their latest record).
+        complete: members whose output is intact (with their latest record); a tuple, as
+            most jobs have none and an empty tuple is shared where a list is not.
         reuse: an intact output with this content (relative path) to copy from, or ``None``
             when the content has to be sent.
         reuse_record: the record of that output.
+        settled: set by the runner once the job's records are written.
     """
 
-    sha256: str
+    digest: bytes
     pending: list[Member] = field(default_factory=list)
-    complete: list[tuple[Member, ManifestRecord]] = field(default_factory=list)
+    complete: tuple[tuple[Member, ManifestRecord], ...] = ()
     reuse: str | None = None
     reuse_record: ManifestRecord | None = None
+    settled: bool = False
+
+    @property
+    def sha256(self) -> str:
+        """The content's SHA-256 as hex, as the manifest records it."""
+        return self.digest.hex()
 
     @property
     def needs_send(self) -> bool:
@@ -155,28 +185,31 @@ async def _hash_all(
     *,
     workers: int,
     on_hashed: Callable[[int, int], None] | None,
-) -> dict[Path, str | OSError]:
-    results: dict[Path, str | OSError] = {}
+) -> list[bytes | OSError]:
+    """The digest (or the read error) of each file, in the order of ``files``."""
+    # A list by position rather than a dict by path: one slot per source, no second key.
+    results: list[bytes | OSError] = [_NOT_HASHED] * len(files)
     limiter = anyio.CapacityLimiter(max(1, workers))
     total = len(files)
+    hashed = 0
 
-    def hash_chunk(chunk: Sequence[InputFile]) -> dict[Path, str | OSError]:
-        out: dict[Path, str | OSError] = {}
-        for f in chunk:
+    def hash_chunk(start: int) -> None:
+        for i in range(start, min(start + _HASH_CHUNK_FILES, total)):
             try:
-                out[f.path] = hash_file(f.path)
+                results[i] = file_digest(files[i].fspath)
             except OSError as exc:
-                out[f.path] = exc
-        return out
+                results[i] = exc
 
-    async def run(chunk: Sequence[InputFile]) -> None:
-        results.update(await anyio.to_thread.run_sync(hash_chunk, chunk, limiter=limiter))
+    async def run(start: int) -> None:
+        nonlocal hashed
+        await anyio.to_thread.run_sync(hash_chunk, start, limiter=limiter)
+        hashed += min(_HASH_CHUNK_FILES, total - start)
         if on_hashed is not None:
-            on_hashed(len(results), total)
+            on_hashed(hashed, total)
 
     async with anyio.create_task_group() as tg:
         for start in range(0, total, _HASH_CHUNK_FILES):
-            tg.start_soon(run, files[start : start + _HASH_CHUNK_FILES])
+            tg.start_soon(run, start)
     return results
 
 
@@ -196,10 +229,10 @@ def output_intact(output_dir: Path, record: ManifestRecord) -> bool:
 def _resolve(
     discovery: Discovery,
     state: ManifestState,
-    hashes: dict[Path, str | OSError],
+    hashes: Sequence[bytes | OSError],
     output_dir: Path,
 ) -> BatchPlan:
-    jobs: dict[str, Job] = {}
+    jobs: dict[bytes, Job] = {}
     unreadable: list[ManifestRecord] = []
     now = utc_now()
     for entry, reason in discovery.missing:
@@ -214,13 +247,12 @@ def _resolve(
                 time=now,
             )
         )
-    for f in discovery.files:
-        digest = hashes[f.path]
+    for f, digest in zip(discovery.files, hashes, strict=True):
         if isinstance(digest, OSError):
             unreadable.append(
                 ManifestRecord(
                     source=f.key,
-                    path=str(f.path),
+                    path=f.fspath,
                     sha256=None,
                     status=RecordStatus.INVALID,
                     error_type=type(digest).__name__,
@@ -229,19 +261,23 @@ def _resolve(
                 )
             )
             continue
-        job = jobs.setdefault(digest, Job(sha256=digest))
-        member = Member(f, Outputs.for_key(f.key), state.records.get(f.key))
+        job = jobs.get(digest)
+        if job is None:
+            job = jobs[digest] = Job(digest=digest)
+        member = Member(f, state.records.get(f.key))
         previous = member.previous
         if (
             previous is not None
             and previous.status in COMPLETE
-            and previous.sha256 == digest
+            and previous.sha256 == job.sha256
             and previous.output == member.outputs.normals
             and output_intact(output_dir, previous)
         ):
-            job.complete.append((member, previous))
-        else:
+            job.complete += ((member, previous),)
+        elif job.pending:
             job.pending.append(member)
+        else:
+            job.pending = [member]  # sized for the usual one member
     by_sha = _complete_records_by_sha(state.records.values())
     for job in jobs.values():
         if not job.pending:
