@@ -63,23 +63,32 @@ def payloads(n: int, distinct: Sequence[bytes]) -> Iterator[bytes]:
         yield distinct[i % len(distinct)]
 
 
+def _http(url: str, concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0)
+
+
+async def _post(http: httpx.AsyncClient, data: bytes) -> None:
+    """One upload as both bare loops make it; the body is read like the client reads it."""
+    response = await http.post(
+        ENDPOINT,
+        headers={"x-api-key": KEY},
+        files={"image_file": ("portrait.png", data, "image/png")},
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"status {response.status_code}")
+    _ = response.content
+
+
 async def bare(url: str, images: Iterator[Any], concurrency: int) -> int:
     done = 0
     slots = anyio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
+    async with _http(url, concurrency) as http:
 
         async def one(data: bytes) -> None:
             nonlocal done
             try:
-                response = await http.post(
-                    ENDPOINT,
-                    headers={"x-api-key": KEY},
-                    files={"image_file": ("portrait.png", data, "image/png")},
-                )
-                if response.status_code != 200:
-                    raise RuntimeError(f"status {response.status_code}")
-                _ = response.content
+                await _post(http, data)
                 done += 1
             finally:
                 slots.release()
@@ -94,20 +103,12 @@ async def bare(url: str, images: Iterator[Any], concurrency: int) -> int:
 async def workers(url: str, images: Iterator[Any], concurrency: int) -> int:
     """The leanest plain loop: ``concurrency`` tasks pulling from one shared iterator."""
     done = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
+    async with _http(url, concurrency) as http:
 
         async def worker() -> None:
             nonlocal done
             for data in images:
-                response = await http.post(
-                    ENDPOINT,
-                    headers={"x-api-key": KEY},
-                    files={"image_file": ("portrait.png", data, "image/png")},
-                )
-                if response.status_code != 200:
-                    raise RuntimeError(f"status {response.status_code}")
-                _ = response.content
+                await _post(http, data)
                 done += 1
 
         async with anyio.create_task_group() as tg:

@@ -201,11 +201,7 @@ class AsyncClient:
     @property
     def halted(self) -> bool:
         """True after a 402 or 403: every later call fails without I/O."""
-        try:
-            self._ledger.check_halted()
-        except ClientClosedError:
-            return True
-        return False
+        return self._ledger.halted
 
     async def surface_normals(self, image: ImageSource, *, name: str | None = None) -> NormalMap:
         """Turn one portrait into a surface-normal map.
@@ -348,7 +344,8 @@ class AsyncClient:
             now = anyio.current_time()
             counters = self._counters
             counters.attempts += 1
-            counters.first_attempt_at = counters.first_attempt_at or now
+            if counters.first_attempt_at is None:
+                counters.first_attempt_at = now
             counters.last_attempt_at = now
             try:
                 response = await self._http.post(

@@ -157,6 +157,11 @@ class CreditLedger:
             limits.append(self.policy.budget - self.consumed - self.reserved)
         return max(0, min(limits)) if limits else None
 
+    @property
+    def halted(self) -> bool:
+        """True after a 402 or 403 halted the client."""
+        return self._halted is not None
+
     def check_halted(self) -> None:
         """Raise ClientClosedError when a 402 or 403 halted the client."""
         if self._halted is not None:
