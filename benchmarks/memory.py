@@ -1,5 +1,5 @@
 """Memory: peak resident set while 100, 1,000 and 10,000 small images go through ``client.map``
-and through the batch runner (``clipnormals.run_batch``, what ``clipnormals batch`` runs).
+and through the batch runner (``clipnormals.batch.run_batch``, what ``clipnormals batch`` runs).
 
 Each measurement is a fresh child process, so every peak (``VmHWM`` from ``/proc/self/status``)
 belongs to one run alone. The emulator runs in the same process through
@@ -54,6 +54,7 @@ def rss_mib() -> float:
 
 def in_process_client() -> Any:
     import clipnormals
+    import clipnormals.batch
     from clipnormals.emulator import Emulator, EmulatorConfig, ServerLimit
 
     emulator = Emulator(
@@ -93,6 +94,7 @@ async def child_map(n: int) -> dict[str, Any]:
 
 async def child_batch(n: int, folder: Path) -> dict[str, Any]:
     import clipnormals
+    import clipnormals.batch
 
     with tempfile.TemporaryDirectory(prefix="clipnormals-bench-out-") as out:
         async with in_process_client() as client:
@@ -100,8 +102,8 @@ async def child_batch(n: int, folder: Path) -> dict[str, Any]:
                 item.unwrap()
             before = rss_mib()
             started = time.perf_counter()
-            summary = await clipnormals.run_batch(
-                clipnormals.BatchConfig(inputs=[folder], output_dir=Path(out)), client=client
+            summary = await clipnormals.batch.run_batch(
+                clipnormals.batch.BatchConfig(inputs=[folder], output_dir=Path(out)), client=client
             )
             seconds = time.perf_counter() - started
     return {"done": summary.done, "seconds": seconds, "rss_before_mib": before}

@@ -8,17 +8,21 @@ Example:
     ...         nm.normals  # float32 (H, W, 3) unit vectors, +X right, +Y up, +Z to the viewer
     ...         nm.mask  # bool (H, W), True on the person
 
+The batch runner behind ``clipnormals batch`` is in :mod:`clipnormals.batch`.
+
 The client is asyncio-only (its rate limiter is built on aiolimiter); ``Client`` is the blocking
 facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in for the API and
 ``clipnormals.testing`` has pytest fixtures built on it.
 """
 
-from ._batch import run_batch
-from ._batch_types import BatchConfig, BatchControl, BatchReporter, BatchSummary, ExitCode
-from ._client import AsyncClient, Endpoint
-from ._credits import CreditLedger, CreditPolicy
-from ._dryrun import DryRunReport, dry_run
-from ._exceptions import (
+from ._core.client import AsyncClient
+from ._core.credits import CreditLedger, CreditPolicy
+from ._core.limiter import Limiter, LocalLimiter, RateLimit
+from ._core.map import MapIterator
+from ._core.results import ClientStats, MapItem
+from ._core.retry import RetryPolicy
+from ._core.sync import Client
+from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -35,17 +39,11 @@ from ._exceptions import (
     ServerError,
     UnexpectedResponseError,
 )
-from ._limiter import Limiter, LocalLimiter, RateLimit
-from ._manifest import ManifestLockedError, ManifestRecord, RecordStatus, read_manifest
-from ._map import MapIterator
-from ._normalmap import NormalMap
-from ._pictures import contact_sheet
-from ._prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image, sniff_format
-from ._relight import DirectionalLight, SHLighting
-from ._results import ClientStats, MapItem
-from ._retry import RetryPolicy
-from ._sync import Client
-from ._vectors import NormalConvention
+from ._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image, sniff_format
+from ._normals.normalmap import NormalMap
+from ._normals.relight import DirectionalLight, SHLighting
+from ._normals.sheets import contact_sheet
+from ._normals.vectors import NormalConvention
 from ._version import __version__
 
 __all__ = [
@@ -55,10 +53,6 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
-    "BatchConfig",
-    "BatchControl",
-    "BatchReporter",
-    "BatchSummary",
     "Client",
     "ClientClosedError",
     "ClientStats",
@@ -67,16 +61,11 @@ __all__ = [
     "CreditLedger",
     "CreditPolicy",
     "DirectionalLight",
-    "DryRunReport",
-    "Endpoint",
-    "ExitCode",
     "ImageSource",
     "InsufficientCreditsError",
     "InvalidImageError",
     "Limiter",
     "LocalLimiter",
-    "ManifestLockedError",
-    "ManifestRecord",
     "MapItem",
     "MapIterator",
     "NormalConvention",
@@ -87,16 +76,47 @@ __all__ = [
     "PreparedImage",
     "RateLimit",
     "RateLimitError",
-    "RecordStatus",
     "RetryPolicy",
     "SHLighting",
     "ServerError",
     "UnexpectedResponseError",
     "__version__",
     "contact_sheet",
-    "dry_run",
     "prepare_image",
-    "read_manifest",
-    "run_batch",
     "sniff_format",
 ]
+
+# Names that lived here before the batch runner got its own module. They still work, with a
+# DeprecationWarning, and are not in __all__.
+_MOVED_TO_BATCH = frozenset(
+    {
+        "BatchConfig",
+        "BatchControl",
+        "BatchReporter",
+        "BatchSummary",
+        "DryRunReport",
+        "ExitCode",
+        "ManifestLockedError",
+        "ManifestRecord",
+        "RecordStatus",
+        "dry_run",
+        "read_manifest",
+        "run_batch",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_BATCH:
+        import warnings
+
+        from . import batch
+
+        warnings.warn(
+            f"clipnormals.{name} moved to clipnormals.batch.{name}; the old name will be "
+            "removed in a future release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(batch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m clipnormals``: the same as the ``clipnormals`` command."""
 
-from ._cli import main
+from ._cli.app import main
 
 main()

@@ -15,6 +15,6 @@ Example:
     ...         nm = await c.surface_normals("portrait.jpg")
 """
 
-from ._redis_limiter import RedisLimiter
+from ._redis.limiter import RedisLimiter
 
 __all__ = ["RedisLimiter"]

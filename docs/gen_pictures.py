@@ -38,7 +38,7 @@ from clipnormals import (  # noqa: E402
     SHLighting,
     contact_sheet,
 )
-from clipnormals._mask import MASK_THRESHOLD  # noqa: E402 - what the picture illustrates
+from clipnormals._normals.mask import MASK_THRESHOLD  # noqa: E402 - what the picture illustrates
 from clipnormals.testing import emulated  # noqa: E402
 
 SAMPLES = ROOT / "clipnormals" / "samples"

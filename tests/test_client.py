@@ -150,10 +150,10 @@ async def test_retry_after_is_honoured_and_pauses_every_sender() -> None:
 
 async def test_retry_after_as_http_date() -> None:
     when = httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
-    assert clipnormals._retry.parse_retry_after(when["retry-after"], now=1445412470.0) == 10.0
-    assert clipnormals._retry.parse_retry_after("-5") == 0.0
-    assert clipnormals._retry.parse_retry_after("nan") is None
-    assert clipnormals._retry.parse_retry_after("") is None
+    assert clipnormals._errors.parse_retry_after(when["retry-after"], now=1445412470.0) == 10.0
+    assert clipnormals._errors.parse_retry_after("-5") == 0.0
+    assert clipnormals._errors.parse_retry_after("nan") is None
+    assert clipnormals._errors.parse_retry_after("") is None
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import clipnormals
-from clipnormals._credits import CreditLedger, parse_credit_header
+from clipnormals._core.credits import CreditLedger, parse_credit_header
 
 from .fakeapi import KEY, FakeAPI, prepared
 
@@ -112,9 +112,9 @@ def test_stale_balance_from_a_slow_response_is_not_believed() -> None:
     ledger = CreditLedger(clipnormals.CreditPolicy())
     ledger.remaining = 10
     ledger.reserved = 3  # three requests in flight
-    r1 = clipnormals._credits.Reservation(ledger, 1, probe=False)
-    r2 = clipnormals._credits.Reservation(ledger, 1, probe=False)
-    r3 = clipnormals._credits.Reservation(ledger, 1, probe=False)
+    r1 = clipnormals._core.credits.Reservation(ledger, 1, probe=False)
+    r2 = clipnormals._core.credits.Reservation(ledger, 1, probe=False)
+    r3 = clipnormals._core.credits.Reservation(ledger, 1, probe=False)
     r1.commit(1, 7)  # the server had charged all three when this answered
     assert ledger.remaining == 7
     r2.commit(1, 9)  # an older answer arriving late: not believed

@@ -16,8 +16,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from clipnormals import InvalidImageError, NormalMap, PrepareOptions, prepare_image
-from clipnormals._mask import Runs, person_mask
-from clipnormals._vectors import decode_normals, detect_convention, reorient
+from clipnormals._normals.mask import Runs, person_mask
+from clipnormals._normals.vectors import decode_normals, detect_convention, reorient
 
 from .synthetic import (
     BACKGROUND,
@@ -517,7 +517,7 @@ async def test_load_decodes_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) 
         threads.append(threading.get_ident())
         return decode_normals(rgb, flip_x=flip_x, flip_y=flip_y)
 
-    monkeypatch.setattr("clipnormals._normalmap.decode_normals", spy)
+    monkeypatch.setattr("clipnormals._normals.normalmap.decode_normals", spy)
     nm = NormalMap(to_jpeg(encode(*sphere(40)), 90))
     assert await nm.load() is nm
     assert len(threads) == 1
@@ -534,7 +534,7 @@ def test_concurrent_first_access_decodes_once(monkeypatch: pytest.MonkeyPatch) -
         calls.append(1)
         return person_mask(rgb)
 
-    monkeypatch.setattr("clipnormals._normalmap.person_mask", counting)
+    monkeypatch.setattr("clipnormals._normals.normalmap.person_mask", counting)
     nm = NormalMap(to_jpeg(encode(*sphere(64)), 90))
     results: list[NDArray[np.bool_]] = []
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from clipnormals import NormalMap
-from clipnormals._pictures import contact_sheet
+from clipnormals._normals.sheets import contact_sheet
 
 from .synthetic import BACKGROUND, encode, portrait, sphere, to_jpeg, to_png
 

@@ -98,7 +98,14 @@ def test_the_fault_injection_recipes_pass_as_a_downstream_suite() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["clipnormals", "clipnormals.emulator", "clipnormals.testing", "clipnormals.redis"]
+    "module",
+    [
+        "clipnormals",
+        "clipnormals.batch",
+        "clipnormals.emulator",
+        "clipnormals.testing",
+        "clipnormals.redis",
+    ],
 )
 def test_every_public_name_has_an_api_reference_entry(module: str) -> None:
     documented: set[str] = set()

@@ -472,7 +472,7 @@ def test_bad_arguments_are_refused() -> None:
 def test_without_the_redis_package_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for module in ("clipnormals.redis", "clipnormals._redis_limiter"):
+    for module in ("clipnormals.redis", "clipnormals._redis.limiter"):
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"pip install 'clipnormals\[redis\]'"):
@@ -482,7 +482,7 @@ def test_without_the_redis_package_the_error_says_what_to_install(
 def test_the_public_module_reexports_the_real_redis_limiter() -> None:
     import clipnormals.redis
 
-    implementation = importlib.import_module("clipnormals._redis_limiter")
+    implementation = importlib.import_module("clipnormals._redis.limiter")
     assert clipnormals.redis.RedisLimiter is implementation.RedisLimiter
     assert clipnormals.redis.__all__ == ["RedisLimiter"]
     # the package's own redis.py does not shadow redis-py in the implementation module

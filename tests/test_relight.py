@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from clipnormals import NormalMap
-from clipnormals._relight import (
+from clipnormals._normals.relight import (
     SH_ORDER,
     DirectionalLight,
     SHLighting,

@@ -40,7 +40,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._config import EmulatorConfig, Faults, Latency, Policy, RetryAfterMode, ServerLimit
-from ._emulator import Emulator
+from ._emulator import Emulator, create_app
 from ._parsers import parse_faults, parse_keys, parse_latency, parse_rate
 from ._policies import (
     CountingPolicy,
@@ -54,7 +54,8 @@ from ._stats import Counters, Stats
 from ._synth import SynthMap, synthetic_jpeg, synthetic_normal_map
 
 if TYPE_CHECKING:
-    from ._app import ENDPOINT, create_app
+    from ._app import ENDPOINT
+    from ._local import local_emulator
     from ._server import RunningServer, bind_socket, serve, start_in_thread
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "TokenBucket",
     "bind_socket",
     "create_app",
+    "local_emulator",
     "make_policy",
     "parse_faults",
     "parse_keys",
@@ -90,7 +92,7 @@ __all__ = [
 
 _LAZY = {
     "ENDPOINT": "._app",
-    "create_app": "._app",
+    "local_emulator": "._local",
     "RunningServer": "._server",
     "bind_socket": "._server",
     "serve": "._server",

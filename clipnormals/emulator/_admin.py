@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._emulator import Emulator
+from ._state import EmulatorState
 
 __all__ = ["ADMIN_PREFIX", "admin_routes"]
 
 ADMIN_PREFIX: Final = "/_emulator"
 
 
-def admin_routes(emulator: Emulator) -> list[Route]:
+def admin_routes(emulator: EmulatorState) -> list[Route]:
     """The admin routes of ``emulator``; their errors are HTTPExceptions (JSON by the app)."""
 
     async def body(request: Request) -> dict[str, Any]:

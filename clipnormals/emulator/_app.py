@@ -40,11 +40,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._admin import admin_routes
 from ._config import EmulatorConfig
-from ._emulator import Emulator, Refusal
+from ._state import EmulatorState, Refusal
 from ._synth import cached_jpeg, synthetic_jpeg
 from ._validate import ImageInfo, Rejected, accepts_jpeg, inspect_image
 
-__all__ = ["CONNECTION_EXTENSION", "ENDPOINT", "build_app", "create_app"]
+__all__ = ["CONNECTION_EXTENSION", "ENDPOINT", "build_app"]
 
 ENDPOINT: Final = "/portrait-surface-normals/v1"
 #: ASGI scope extension through which the emulator's own server lets the app drop a connection.
@@ -111,7 +111,7 @@ def _connection(scope: Scope) -> Connection | None:
 class _Endpoint:
     """The ASGI app behind the one route (raw ASGI: faults need to misbehave at the socket)."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: EmulatorState) -> None:
         self.emulator = emulator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -342,7 +342,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _json_error(500, "Internal server error")
 
 
-def build_app(emulator: Emulator) -> Starlette:
+def build_app(emulator: EmulatorState) -> Starlette:
     """The Starlette app serving ``emulator`` (use :attr:`Emulator.app`)."""
     routes = [Route(ENDPOINT, _Endpoint(emulator), methods=["POST"])]
     if emulator.config.admin:
@@ -353,16 +353,3 @@ def build_app(emulator: Emulator) -> Starlette:
     )
     app.state.emulator = emulator
     return app
-
-
-def create_app(config: EmulatorConfig | None = None) -> Starlette:
-    """A new emulator's ASGI app; its state is ``app.state.emulator``.
-
-    Example:
-        >>> import httpx
-        >>> app = create_app(EmulatorConfig(keys={"k": 1}))
-        >>> client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
-        >>> app.state.emulator.credits("k")
-        1
-    """
-    return Emulator(config).app

@@ -38,7 +38,7 @@ _MULTI_NAME = re.compile(r"^(\s+)(\w+(?:,\s*\w+)+):(.*)$")
 
 
 def _public_names() -> dict[str, str]:
-    """Canonical path (``clipnormals._limiter.RateLimit``) -> public path, for every class,
+    """Canonical path (``clipnormals._core.limiter.RateLimit``) -> public path, for every class,
     function and constant of the public modules, and for the members of public classes."""
     if importlib.util.find_spec("clipnormals") is None:  # a checkout, not installed
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from clipnormals._atomic import TEMP_SUFFIX
-from clipnormals._manifest import ManifestRecord, RecordStatus, read_manifest
+from clipnormals._batch.manifest import ManifestRecord, RecordStatus, read_manifest
 from clipnormals.emulator import (
     Emulator,
     EmulatorConfig,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipnormals._discover import InputFile, discover, hash_file, sniff_image_format
+from clipnormals._batch.discover import InputFile, discover, hash_file, sniff_image_format
 
 
 def image_bytes(fmt: str, size: tuple[int, int] = (4, 3)) -> bytes:

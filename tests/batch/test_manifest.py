@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from clipnormals._atomic import TEMP_SUFFIX, atomic_write_bytes, remove_stale_temporaries
-from clipnormals._manifest import (
+from clipnormals._batch.manifest import (
     ManifestLockedError,
     ManifestRecord,
     ManifestWriter,
@@ -138,7 +138,7 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, pathlib; from clipnormals._manifest import ManifestWriter; "
+            "import sys, pathlib; from clipnormals._batch.manifest import ManifestWriter; "
             "w = ManifestWriter(pathlib.Path(sys.argv[1])).__enter__(); "
             "print('locked', flush=True); sys.stdin.read()",
             str(path),

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import doctest
 import io
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from clipnormals import RateLimit, _atomic, _batch_types, _discover, _manifest, _progress
-from clipnormals._batch_types import BatchProgress, BatchSummary, ExitCode, StopReason
-from clipnormals._manifest import ManifestRecord, RecordStatus
-from clipnormals._progress import PlainReporter, RateMeter, RichReporter, summary_lines
-
-
-@pytest.mark.parametrize("module", [_atomic, _batch_types, _discover, _manifest, _progress])
-def test_docstring_examples(module: object) -> None:
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
-    assert result.failed == 0
-    assert result.attempted > 0
+from clipnormals import RateLimit
+from clipnormals._batch.manifest import ManifestRecord, RecordStatus
+from clipnormals._batch.types import BatchProgress, BatchSummary, ExitCode, StopReason
+from clipnormals._cli.progress import PlainReporter, RateMeter, RichReporter, summary_lines
 
 
 def record(source: str, status: RecordStatus, **kw: object) -> ManifestRecord:

@@ -14,22 +14,22 @@ import pytest
 from PIL import Image
 
 from clipnormals import CreditPolicy, RetryPolicy
-from clipnormals._batch import run_batch
-from clipnormals._batch_types import (
+from clipnormals._batch.dryrun import dry_run
+from clipnormals._batch.manifest import (
+    ManifestLockedError,
+    ManifestRecord,
+    ManifestWriter,
+    RecordStatus,
+    read_manifest,
+)
+from clipnormals._batch.runner import run_batch
+from clipnormals._batch.types import (
     BatchConfig,
     BatchControl,
     BatchProgress,
     BatchSummary,
     ExitCode,
     StopReason,
-)
-from clipnormals._dryrun import dry_run
-from clipnormals._manifest import (
-    ManifestLockedError,
-    ManifestRecord,
-    ManifestWriter,
-    RecordStatus,
-    read_manifest,
 )
 from clipnormals.emulator import Emulator, Faults
 from clipnormals.testing import TEST_KEY, client_for, emulator_config

@@ -1,0 +1,314 @@
+"""The batch manifest: one JSON record per line, appended as each image is settled.
+
+Each record describes one source image: its key (path relative to the input it was found
+through), its absolute path, the SHA-256 of its bytes, the output written (relative to the output
+folder) with the output's own size and SHA-256, a status, attempts, credits, the error, and a
+timestamp. The latest record of a source wins.
+
+A record is appended (and flushed to the disk) only after the output it names is durably in
+place, so a record marked ``done`` can be trusted once its output still matches. A process killed
+while appending leaves a torn last line; the reader ignores it and the writer cuts it off before
+appending again. At the start of a run the writer compacts the file to the latest record per
+source, so it does not grow with every rerun.
+
+A lock file next to the manifest keeps two runs from writing the same manifest at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+from .._atomic import atomic_write_bytes, fsync_dir
+from .._errors import ClipnormalsError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "ManifestLockedError",
+    "ManifestRecord",
+    "ManifestState",
+    "ManifestWriter",
+    "RecordStatus",
+    "read_manifest",
+    "utc_now",
+]
+
+
+class RecordStatus(StrEnum):
+    """What became of a source image in a batch."""
+
+    DONE = "done"  # output written in this run (sent, or copied from an identical image)
+    SKIPPED = "skipped"  # output already written by an earlier run and still intact
+    FAILED = "failed"  # sent (or tried) and failed: server error, retries exhausted, 4xx
+    NOT_SENT = "not_sent"  # never sent: credits, budget, interruption, client halted
+    INVALID = "invalid"  # rejected before upload: unreadable, not an image, too large
+
+
+COMPLETE = frozenset({RecordStatus.DONE, RecordStatus.SKIPPED})
+
+
+class ManifestLockedError(ClipnormalsError):
+    """Another run is writing this manifest."""
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC timestamp with millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestRecord:
+    """One line of the manifest.
+
+    Attributes:
+        source: the source's key (its path relative to the input it was found through).
+        path: the source's absolute path.
+        sha256: SHA-256 of the source's bytes (``None`` when it could not be read).
+        status: what became of it in the run that wrote the record.
+        output: the normal map's path relative to the output folder.
+        output_sha256, output_size: the output's own hash and size, to check it on resume.
+        attempts: HTTP attempts made for it (0 when nothing was sent for it).
+        credits: credits its output cost (kept on ``skipped`` records; 0 for a copy).
+        credits_remaining: the balance the response reported.
+        error_type, error: why it failed, was not sent, or was rejected.
+        duplicate_of: the source whose output it copied (same content, one upload).
+        done_at: when its output was produced; time: when the record was written.
+
+    Example:
+        >>> r = ManifestRecord(
+        ...     source="a.png", path="/in/a.png", sha256="ab", status=RecordStatus.DONE
+        ... )
+        >>> ManifestRecord.from_json(r.to_json()) == r
+        True
+    """
+
+    source: str
+    path: str
+    sha256: str | None
+    status: RecordStatus
+    output: str | None = None
+    output_sha256: str | None = None
+    output_size: int | None = None
+    attempts: int = 0
+    credits: int = 0
+    credits_remaining: int | None = None
+    error_type: str | None = None
+    error: str | None = None
+    duplicate_of: str | None = None
+    done_at: str | None = None
+    time: str = ""
+
+    def to_json(self) -> str:
+        """The record as one line of JSON (no newline)."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> ManifestRecord:
+        """Parse one line; raise ValueError when it is not a record."""
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a manifest line must be a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestRecord:
+        """Build a record from parsed JSON, ignoring unknown fields (newer versions)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            values["status"] = RecordStatus(values["status"])
+            if not isinstance(values["source"], str) or not isinstance(values["path"], str):
+                raise TypeError("source and path must be strings")
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a manifest record: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestState:
+    """What a manifest says: the latest record of each source.
+
+    Attributes:
+        records: the latest record per source key, in the order they were last written.
+        lines: how many records the file holds (superseded ones included).
+        bad_lines: lines that could not be parsed (a torn last line included).
+        torn: the file ends in a partial line (a run was killed while appending).
+    """
+
+    records: dict[str, ManifestRecord]
+    lines: int = 0
+    bad_lines: int = 0
+    torn: bool = False
+
+    def last_balance(self) -> tuple[int, str] | None:
+        """The most recent credit balance a response reported, and when, if any."""
+        best: tuple[int, str] | None = None
+        for record in self.records.values():
+            when = record.done_at or record.time
+            if record.credits_remaining is not None and (best is None or when > best[1]):
+                best = (record.credits_remaining, when)
+        return best
+
+    @property
+    def needs_compaction(self) -> bool:
+        """Superseded, unreadable or torn lines are present."""
+        return self.torn or self.bad_lines > 0 or self.lines > len(self.records)
+
+
+def read_manifest(path: Path) -> ManifestState:
+    """Read a manifest, tolerating a torn last line and skipping unreadable ones.
+
+    A missing file reads as an empty manifest. Blocking: call it from a worker thread.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = Path(d, "m.jsonl")
+        ...     _ = p.write_text('{"source":"a","path":"/a","sha256":null,"status":"done"}\\n{"sou')
+        ...     state = read_manifest(p)
+        >>> list(state.records), state.torn
+        (['a'], True)
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ManifestState(records={})
+    records: dict[str, ManifestRecord] = {}
+    lines = bad = 0
+    torn = False
+    chunks = raw.split(b"\n")
+    last = len(chunks) - 1
+    for i, chunk in enumerate(chunks):
+        if not chunk.strip():
+            continue
+        try:
+            record = ManifestRecord.from_json(chunk.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            if i == last:
+                torn = True  # killed while appending: the record never made it
+            else:
+                bad += 1
+            continue
+        lines += 1
+        # Re-inserting moves the source to the end: the dict keeps "last written" order.
+        records.pop(record.source, None)
+        records[record.source] = record
+    return ManifestState(records=records, lines=lines, bad_lines=bad, torn=torn)
+
+
+class ManifestWriter:
+    """Appends records to a manifest, each batch flushed to the disk before returning.
+
+    Use it as a context manager; it takes the manifest's lock on entry. Blocking: call its
+    methods from a worker thread in async code (one at a time).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = Path(d, "manifest.jsonl")
+        ...     with ManifestWriter(p) as w:
+        ...         w.append([ManifestRecord(source="a", path="/a", sha256=None,
+        ...                                  status=RecordStatus.INVALID)])
+        ...     read_manifest(p).records["a"].status
+        <RecordStatus.INVALID: 'invalid'>
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_file: IO[bytes] | None = None
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> ManifestWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _lock(self) -> None:
+        lock_file = self.path.with_name(f".{self.path.name}.lock").open("ab")
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock_file.close()
+                raise ManifestLockedError(
+                    f"another run is using {self.path} (its lock file is held)"
+                ) from None
+        self._lock_file = lock_file
+
+    def compact(self, state: ManifestState) -> None:
+        """Rewrite the file atomically with only the latest record per source."""
+        self._close_file()
+        data = "".join(r.to_json() + "\n" for r in state.records.values())
+        atomic_write_bytes(self.path, data.encode("utf-8"))
+
+    def append(self, records: Iterable[ManifestRecord]) -> None:
+        """Append records as whole lines and flush them to the disk."""
+        data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
+        if not data:
+            return
+        f = self._open()
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            created = not self.path.exists()
+            self._file = self.path.open("ab")
+            self._cut_torn_tail(self._file)
+            if created:
+                fsync_dir(self.path.parent)
+        return self._file
+
+    def _cut_torn_tail(self, f: IO[bytes]) -> None:
+        # A partial last line would swallow the next record: finish it when it is a whole
+        # record that only lacks its newline, else cut the file back to its last newline.
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        with self.path.open("rb") as r:
+            block = min(size, 1 << 16)
+            r.seek(size - block)
+            tail = r.read(block)
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        if cut < 0 and block < size:
+            f.write(b"\n")  # a line longer than any record: leave it, the reader skips it
+            return
+        try:
+            ManifestRecord.from_json(tail[cut + 1 :].decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            os.truncate(self.path, size - block + cut + 1)
+            f.seek(0, os.SEEK_END)
+        else:
+            f.write(b"\n")
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        """Close the manifest and release the lock."""
+        self._close_file()
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                self._lock_file.close()
+            self._lock_file = None

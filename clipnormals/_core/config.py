@@ -1,0 +1,80 @@
+"""Configuration that comes from the environment, and the checks on where the key may go.
+
+This is the only module that reads environment variables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import httpx
+
+from .._errors import AuthenticationError, ClipnormalsError
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "check_base_url",
+    "is_loopback_host",
+    "resolve_api_key",
+    "resolve_base_url",
+]
+
+API_KEY_ENV = "CLIPDROP_API_KEY"
+BASE_URL_ENV = "CLIPDROP_BASE_URL"
+DEFAULT_BASE_URL = "https://clipdrop-api.co"
+
+
+def resolve_api_key(api_key: str | None, *, env_var: str = API_KEY_ENV) -> str:
+    """The key given, else the one in ``env_var``; raise before any I/O when there is none."""
+    key = api_key if api_key is not None else os.environ.get(env_var)
+    if key is None or not key.strip():
+        raise AuthenticationError(
+            f"no API key: pass api_key=... or set the {env_var} environment variable",
+            status_code=401,
+        )
+    if any(ch in key for ch in "\r\n\0"):
+        # A key with control characters would be rejected by httpx with a message quoting it.
+        raise AuthenticationError(
+            "the API key contains control characters (a stray newline?)", status_code=401
+        )
+    return key.strip()
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The URL given, else ``CLIPDROP_BASE_URL``, else the public API."""
+    if base_url is not None:
+        return base_url
+    return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and for addresses in 127.0.0.0/8 or ``::1``."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str) -> httpx.URL:
+    """Parse ``base_url`` and refuse plain http to anything but a loopback host.
+
+    The API key travels in a header; over plain http anyone on the path could read it.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ClipnormalsError(f"invalid base_url {base_url!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ClipnormalsError(f"invalid base_url {base_url!r}: expected http(s)://host[:port]")
+    if url.scheme == "http" and not is_loopback_host(url.host):
+        raise ClipnormalsError(
+            f"refusing to send the API key over plain http to {url.host}: "
+            "use https, or a loopback host (127.0.0.1, localhost, ::1) for an emulator"
+        )
+    return url

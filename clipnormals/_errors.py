@@ -1,0 +1,315 @@
+"""The exceptions clipnormals raises.
+
+Every error a user can see derives from :class:`ClipnormalsError`; third-party exceptions (httpx,
+tenacity, Pillow) are translated at one boundary and chained with ``raise ... from exc``::
+
+    ClipnormalsError
+    ├── APIConnectionError
+    │   └── APITimeoutError
+    ├── APIStatusError
+    │   ├── BadRequestError              400
+    │   ├── AuthenticationError          401 (and: no API key configured, before any I/O)
+    │   ├── InsufficientCreditsError     402
+    │   ├── PermissionDeniedError        403
+    │   ├── NotAcceptableError           406
+    │   ├── RateLimitError               429 (.retry_after)
+    │   ├── ServerError                  5xx
+    │   └── UnexpectedResponseError      a 200 that is not an image, any other status
+    ├── CreditBudgetError                the client stopped itself; nothing was sent
+    ├── ClientClosedError                the client was closed, or halted by a 402/403
+    └── InvalidImageError (ValueError)   rejected before upload
+
+No message, repr or attribute of these ever holds the API key: response headers are kept only
+after the key header is dropped, and messages are built from the server's words, which are
+scrubbed of the key too.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ClipnormalsError",
+    "CreditBudgetError",
+    "InsufficientCreditsError",
+    "InvalidImageError",
+    "NotAcceptableError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "UnexpectedResponseError",
+    "parse_retry_after",
+]
+
+_SENSITIVE_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+_MAX_BODY_KEPT = 4096
+
+
+class ClipnormalsError(Exception):
+    """Base class of every error clipnormals raises.
+
+    Example:
+        >>> try:
+        ...     raise InvalidImageError("not an image")
+        ... except ClipnormalsError as exc:
+        ...     print(type(exc).__name__, exc.message)
+        InvalidImageError not an image
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class APIConnectionError(ClipnormalsError):
+    """The request could not be sent or its response not read (DNS, refused, reset, truncated).
+
+    Retried by the default :class:`~clipnormals.RetryPolicy`.
+    """
+
+
+class APITimeoutError(APIConnectionError):
+    """The request or its response took longer than the client's timeout. Retried by default."""
+
+
+class APIStatusError(ClipnormalsError):
+    """The server answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        body: the response body (at most 4 KiB of it), ``b""`` when there was none.
+        headers: the response headers, without any credential.
+        error: the server's ``{"error": ...}`` text when the body carried one, else ``None``.
+
+    Example:
+        >>> exc = APIStatusError.from_response(httpx.Response(400, json={"error": "bad"}))
+        >>> type(exc).__name__, exc.status_code, exc.error
+        ('BadRequestError', 400, 'bad')
+    """
+
+    status_code: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        error: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.headers: dict[str, str] = _safe_headers(headers or {})
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
+
+    @classmethod
+    def from_response(
+        cls, response: httpx.Response, *, secret: str | None = None
+    ) -> APIStatusError:
+        """Build the typed error for an error response.
+
+        The body may be missing, empty, or not JSON (a proxy's HTML page): the error is typed by
+        status all the same, and its message says what the body did.
+        """
+        status = response.status_code
+        error_cls = _class_for_status(status)
+        body = _read_body(response)
+        error = _parse_error(body)
+        detail = error if error is not None else _describe_body(body, response)
+        if secret:
+            detail = detail.replace(secret, "***")
+            body = body.replace(secret.encode(), b"***")
+            error = error.replace(secret, "***") if error is not None else None
+        message = f"{status} {_reason(status)}: {detail}"
+        kwargs: dict[str, Any] = {
+            "status_code": status,
+            "body": body[:_MAX_BODY_KEPT],
+            "headers": response.headers,
+            "error": error,
+        }
+        if error_cls is RateLimitError:
+            kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+        return error_cls(message, **kwargs)
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was malformed (missing ``image_file``, unsupported format, too large).
+
+    Never retried: the same request would fail again.
+    """
+
+
+class AuthenticationError(APIStatusError):
+    """401: no API key was sent. Also raised before any I/O when no key is configured."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """402: the account has no credits left. The client halts: later calls fail without I/O."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the API key is invalid or revoked. The client halts: later calls fail without I/O."""
+
+
+class NotAcceptableError(APIStatusError):
+    """406: the ``Accept`` header was not acceptable to the server."""
+
+
+class RateLimitError(APIStatusError):
+    """429: the server's rate limiter refused the request.
+
+    Attributes:
+        retry_after: seconds the server asked to wait (``Retry-After``), ``None`` when absent.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed. Retried with backoff by the default policy."""
+
+
+class UnexpectedResponseError(APIStatusError):
+    """A response the contract does not describe: a 200 that is not a decodable image, or a
+    status outside the documented table (3xx, 404, 418, ...). Not retried."""
+
+
+class CreditBudgetError(ClipnormalsError):
+    """The client refused to send a request: the credit reserve or budget was reached.
+
+    Nothing was sent and nothing was spent. In :meth:`AsyncClient.map` the item carries this error
+    and a batch reports it as "not sent".
+    """
+
+
+class ClientClosedError(ClipnormalsError):
+    """The client is closed, or halted after a 402/403; nothing was sent.
+
+    Attributes:
+        cause: the 402/403 error that halted the client, ``None`` when it was closed.
+    """
+
+    def __init__(self, message: str, *, cause: APIStatusError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class InvalidImageError(ClipnormalsError, ValueError):
+    """The input was rejected before upload: not an image, empty, truncated, unsupported,
+    too large in strict mode, or a decompression bomb. No request was made, no credit reserved.
+    """
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    406: NotAcceptableError,
+    429: RateLimitError,
+}
+
+
+def _class_for_status(status: int) -> type[APIStatusError]:
+    if status in _STATUS_CLASSES:
+        return _STATUS_CLASSES[status]
+    if 500 <= status <= 599:
+        return ServerError
+    return UnexpectedResponseError
+
+
+def _reason(status: int) -> str:
+    try:
+        return httpx.codes.get_reason_phrase(status) or "Error"
+    except ValueError:  # pragma: no cover - httpx accepts any int
+        return "Error"
+
+
+def _read_body(response: httpx.Response) -> bytes:
+    try:
+        return response.content
+    except httpx.ResponseNotRead:
+        return b""
+
+
+def _parse_error(body: bytes) -> str | None:
+    if not body:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _describe_body(body: bytes, response: httpx.Response) -> str:
+    if not body:
+        return "empty response body"
+    ctype = response.headers.get("content-type", "no content-type")
+    snippet = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
+    return f"unparseable {ctype} body: {snippet!r}"
+
+
+def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in _SENSITIVE_HEADERS}
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    Returns ``None`` when absent or unparseable, and never a negative number.
+
+    Example:
+        >>> parse_retry_after("2.5")
+        2.5
+        >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0)
+        10.0
+        >>> parse_retry_after("soon") is None
+        True
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)

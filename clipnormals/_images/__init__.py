@@ -1,0 +1,9 @@
+"""Image preparation: what the user passes in, turned into bytes the API accepts.
+
+Owns reading sources (paths, bytes, files, PIL images, numpy arrays), recognising formats from
+their bytes, EXIF orientation, conversion, downscaling and re-encoding, and refusing what cannot
+be sent (not an image, truncated, a decompression bomb, over the limits in strict mode). Every
+function here is blocking and shares no state; the client runs them in worker threads.
+
+May import: ``clipnormals._errors`` only. Everything else in the package builds on it.
+"""

@@ -1,0 +1,277 @@
+"""Reading image sources: paths, file objects, arrays, and decoding bytes with Pillow.
+
+Everything here either returns what it read or raises :class:`InvalidImageError` naming the
+source (``label``). Decoding refuses truncated data whatever ``ImageFile.LOAD_TRUNCATED_IMAGES``
+says: :class:`Source` notes an empty read while Pillow decodes, which is the same fact Pillow
+reports only while that setting is off. No Pillow global is written and no warnings filter is
+touched, so these functions are safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .._errors import InvalidImageError
+
+__all__ = [
+    "Source",
+    "array_to_image",
+    "bomb_limit",
+    "canonical_format",
+    "exif_orientation",
+    "load",
+    "open_image",
+    "pillow_errors",
+    "read_file",
+    "read_path",
+    "readable_formats",
+    "sniff",
+    "source_label",
+]
+
+_UPLOADED_AS_IS = ("PNG", "JPEG", "WEBP")
+# Only formats with an unambiguous signature: Pillow also reads formats recognised by weak or no
+# magic (TGA, PCX, DIB, XBM, ...), which would let random bytes or a C header pass as an image.
+_READABLE = (
+    "PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP", "ICO", "ICNS", "PPM", "QOI", "PSD",
+    "JPEG2000", "AVIF", "HEIF",
+)  # fmt: skip
+# Formats whose decoders read the file through Pillow's tile loop, where an empty read means the
+# data ended early. JPEG 2000 reads past the end of complete files; ICO decodes a nested copy.
+_EOF_CHECKED = frozenset({"PNG", "JPEG", "GIF", "TIFF", "BMP", "PPM", "QOI"})
+_ORIENTATION_TAG = 0x0112
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+# --- paths, files, arrays ---------------------------------------------------------------------
+
+
+def source_label(source_name: str | None, fallback: str) -> str:
+    """How error messages name a source: its quoted name, else ``fallback``."""
+    return f"'{source_name}'" if source_name else fallback
+
+
+def read_path(path: str, label: str) -> bytes:
+    """The whole content of the regular file at ``path``."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise InvalidImageError(f"{label}: is a directory, not an image file")
+        # a FIFO or a device would block or never end
+        if not stat.S_ISREG(mode):
+            raise InvalidImageError(f"{label}: not a regular file")
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError as exc:
+        hint = " (URLs are not fetched: download the image first)" if "://" in path else ""
+        raise InvalidImageError(f"{label}: no such file{hint}") from exc
+    except PermissionError as exc:
+        raise InvalidImageError(f"{label}: permission denied") from exc
+    except OSError as exc:
+        raise InvalidImageError(f"{label}: cannot read the file ({exc.strerror or exc})") from exc
+
+
+def read_file(file: Any, label: str) -> bytes:
+    """Everything left in a binary file object, from its current position."""
+    if isinstance(file, io.TextIOBase):
+        raise InvalidImageError(f"{label}: opened in text mode; open it with 'rb'")
+    try:
+        raw = file.read()
+    except (OSError, ValueError) as exc:
+        raise InvalidImageError(f"{label}: cannot read the file object ({exc})") from exc
+    if isinstance(raw, str):
+        raise InvalidImageError(f"{label}: opened in text mode; open it with 'rb'")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise InvalidImageError(f"{label}: read() returned {type(raw).__name__}, not bytes")
+    return raw.tobytes() if isinstance(raw, memoryview) else bytes(raw)
+
+
+def array_to_image(array: npt.NDArray[Any], label: str) -> Image.Image:
+    """A PIL image of a uint8, bool or [0, 1] float array shaped (H, W), (H, W, 1|3|4)."""
+    shape = array.shape
+    if array.size == 0:
+        raise InvalidImageError(f"{label}: the array is empty (shape {shape})")
+    if array.ndim == 3 and shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and shape[2] in (3, 4))):
+        raise InvalidImageError(
+            f"{label}: expected shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * np.uint8(255)
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InvalidImageError(f"{label}: the float array holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise InvalidImageError(
+                f"{label}: float arrays must hold values in [0, 1], got [{low:g}, {high:g}]"
+            )
+        array = np.rint(array.astype(np.float32) * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise InvalidImageError(
+            f"{label}: unsupported dtype {array.dtype}: use uint8, bool, or float in [0, 1]"
+        )
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def readable_formats() -> tuple[str, ...]:
+    """The Pillow formats accepted as input that this Pillow can open."""
+    # Image.open raises KeyError for a format no plugin opens (AVIF without libavif, HEIF until
+    # the application registers pillow-heif), so the list is filtered on every call
+    Image.init()
+    return tuple(fmt for fmt in _READABLE if fmt in Image.OPEN)
+
+
+def canonical_format(fmt: str | None) -> str | None:
+    """Pillow's format name as the upload sees it."""
+    # a JPEG carrying extra pictures (MPF, common from phones) is still a plain JPEG upload
+    return "JPEG" if fmt == "MPO" else fmt
+
+
+@contextmanager
+def pillow_errors(label: str) -> Iterator[None]:
+    """Map whatever Pillow raises while reading an image to InvalidImageError."""
+    try:
+        yield
+    except (InvalidImageError, MemoryError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(
+            f"{label}: refused as a possible decompression bomb ({exc})"
+        ) from exc
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise InvalidImageError(f"{label}: truncated or corrupt image data ({reason})") from exc
+
+
+class Source(io.BytesIO):
+    """The bytes Pillow decodes, noting any read that found nothing left.
+
+    Pillow reports a truncated file only while ``ImageFile.LOAD_TRUNCATED_IMAGES`` is off, and
+    applications often turn it on: an empty read while decoding is the same fact, seen
+    whatever that setting is.
+    """
+
+    ran_out = False
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        chunk = super().read(size)
+        if size != 0 and not chunk:
+            self.ran_out = True
+        return chunk
+
+
+def sniff(data: bytes) -> str | None:
+    """The accepted format ``data`` starts like, ``None`` when none (see ``sniff_format``)."""
+    head = bytes(data[:16])
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if not head:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=readable_formats()) as image:
+            return canonical_format(image.format)
+    except MemoryError:
+        raise
+    except Exception:
+        return None
+
+
+def bomb_limit(bomb_pixels: int | None, max_pixels: int) -> int:
+    """The pixel count above which an image is refused unread (see ``PrepareOptions``)."""
+    if bomb_pixels is not None:
+        return bomb_pixels
+    # read at call time: the application may change or disable Pillow's limit
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    return pillow_limit if pillow_limit is not None else 4 * max_pixels
+
+
+def open_image(source: Source, label: str, *, bomb_limit: int) -> ImageFile.ImageFile:
+    """Pillow's lazy image over ``source``, limited to the accepted formats.
+
+    An image declaring more than ``bomb_limit`` pixels is refused here, before any decoding.
+    """
+    try:
+        image = Image.open(source, formats=readable_formats())
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(f"{label}: {_unrecognised(source.getvalue())}") from exc
+    width, height = image.size
+    if width * height > bomb_limit:
+        image.close()
+        raise InvalidImageError(
+            f"{label}: declares {width}x{height} = {width * height:,} pixels, above the "
+            f"decompression-bomb limit of {bomb_limit:,}; refused before decoding"
+        )
+    return image
+
+
+def load(
+    image: ImageFile.ImageFile,
+    source: Source,
+    fmt: str,
+    label: str,
+    *,
+    target: tuple[int, int] | None,
+) -> int:
+    """Decode ``image`` completely and return its EXIF orientation (1 when none).
+
+    ``target`` is the size the image will be resampled to, if any: a JPEG is then decoded by
+    libjpeg at 1/2, 1/4 or 1/8 scale when that still leaves at least ``target`` pixels, which
+    saves most of the decoding of a big photo.
+    """
+    # PNG may keep its EXIF after the pixels, so only JPEG is asked before load()
+    orientation = exif_orientation(image) if fmt == "JPEG" else 1
+    if target is not None and fmt == "JPEG":
+        image.draft(image.mode, target)
+    source.ran_out = False
+    image.load()
+    if source.ran_out and fmt in _EOF_CHECKED:
+        raise InvalidImageError(f"{label}: truncated image data (the file ends early)")
+    return orientation if fmt == "JPEG" else exif_orientation(image)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (2..8) a viewer applies to ``image``, or 1."""
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except MemoryError:
+        raise
+    except Exception:
+        # an unreadable EXIF block cannot tell a viewer to rotate either
+        return 1
+    return value if isinstance(value, int) and 2 <= value <= 8 else 1
+
+
+def _unrecognised(data: bytes) -> str:
+    head = data[:512].lstrip()
+    others = ", ".join(fmt for fmt in readable_formats() if fmt not in _UPLOADED_AS_IS)
+    supported = f"{', '.join(_UPLOADED_AS_IS)}, or a format converted to PNG: {others}"
+    if head.startswith(b"<"):
+        return f"not an image: the data looks like HTML or XML (supported: {supported})"
+    text = head.decode("utf-8", errors="replace")
+    if sum(ch.isprintable() or ch.isspace() for ch in text) >= 0.95 * len(text):
+        return f"not an image: the data looks like text (supported: {supported})"
+    return f"not a recognised image format (supported: {supported})"

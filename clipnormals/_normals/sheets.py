@@ -1,0 +1,174 @@
+"""Contact sheets: one labelled row per portrait (input, normals, mask, relit).
+
+Pillow only; text uses Pillow's default font. This is what the command line's ``--preview`` and
+``--contact-sheets`` write and what the documentation shows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .._atomic import atomic_write_bytes
+from .relight import DirectionalLight, LightSpec, relight_image
+from .render import preview_image, shaded_image
+from .vectors import resize_field
+
+if TYPE_CHECKING:
+    from .normalmap import NormalMap
+
+__all__ = ["SheetEntry", "contact_sheet"]
+
+#: The contact sheet's relit column: a warm key light from the right, so the change shows.
+_SHEET_LIGHT = DirectionalLight((0.75, 0.35, 0.55), intensity=1.0, color=(1.0, 0.92, 0.8))
+_SHEET_AMBIENT = 0.15
+_PAPER = (255, 255, 255)
+_INK = (40, 40, 40)
+_CELL = (225, 225, 225)
+_GAP = 8
+
+PhotoLike: TypeAlias = "Image.Image | NDArray[np.generic] | str | os.PathLike[str]"
+SheetEntry: TypeAlias = "NormalMap | tuple[PhotoLike, NormalMap]"
+
+
+def contact_sheet(
+    entries: Sequence[SheetEntry],
+    *,
+    names: Sequence[str] | None = None,
+    tile: int = 256,
+    light: LightSpec = _SHEET_LIGHT,
+    ambient: float | ArrayLike = _SHEET_AMBIENT,
+    mode: Literal["albedo", "ratio"] = "ratio",
+    path: str | os.PathLike[str] | None = None,
+) -> Image.Image:
+    """One row per portrait: input | normals | mask | relit, with labels; optionally saved as PNG.
+
+    An entry is a ``NormalMap`` or a ``(photo, NormalMap)`` pair; the photo is a PIL image, an
+    array or a path. Without a photo the input cell says so and the relit cell shows the clay
+    render under the new light. Pictures are computed at tile size, so large maps cost little.
+
+    Example:
+        >>> from clipnormals import NormalMap, contact_sheet  # doctest: +SKIP
+        >>> nm = NormalMap.from_file("portrait_normals.jpg")  # doctest: +SKIP
+        >>> sheet = contact_sheet([("portrait.jpg", nm)], names=["portrait"],
+        ...                       path="sheet.png")  # doctest: +SKIP
+    """
+    if tile < 32:
+        raise ValueError(f"tile must be at least 32 pixels, got {tile}")
+    if names is not None and len(names) != len(entries):
+        raise ValueError(f"{len(names)} names for {len(entries)} entries")
+    if not entries:
+        raise ValueError("a contact sheet needs at least one entry")
+    font = _font(max(11, tile // 16))
+    line = _text_height(font) + 6
+    columns = ("input", "normals", "mask", "relit")
+    row_height = tile + (line if names is not None else 0)
+    width = _GAP + len(columns) * (tile + _GAP)
+    height = line + len(entries) * (row_height + _GAP) + _GAP
+    sheet = Image.new("RGB", (width, height), _PAPER)
+    draw = ImageDraw.Draw(sheet)
+    for i, label in enumerate(columns):
+        _centred_text(draw, label, _GAP + i * (tile + _GAP), tile, 3, font)
+    top = line
+    for row, entry in enumerate(entries):
+        if names is not None:
+            draw.text((_GAP, top + 3), names[row], fill=_INK, font=font)
+            top += line
+        cells = _row_cells(entry, tile, light=light, ambient=ambient, mode=mode, font=font)
+        for i, cell in enumerate(cells):
+            sheet.paste(cell, (_GAP + i * (tile + _GAP), top))
+        top += tile + _GAP
+    if path is not None:
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        atomic_write_bytes(Path(path), buf.getvalue())
+    return sheet
+
+
+def _row_cells(
+    entry: SheetEntry,
+    tile: int,
+    *,
+    light: LightSpec,
+    ambient: float | ArrayLike,
+    mode: Literal["albedo", "ratio"],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> list[Image.Image]:
+    photo_like, nm = entry if isinstance(entry, tuple) else (None, entry)
+    w, h = nm.size
+    scale = tile / max(w, h)
+    small = (max(1, round(w * scale)), max(1, round(h * scale)))
+    normals, mask = resize_field(nm.normals, nm.mask, small)
+    mask_picture = Image.fromarray(np.where(mask, np.uint8(255), np.uint8(20)))
+    if photo_like is None:
+        input_cell = _placeholder(tile, "no photo", font)
+        relit = shaded_image(normals, mask, light=light, ambient=ambient)
+    else:
+        photo = _load_photo(photo_like).resize(small, Image.Resampling.LANCZOS)
+        input_cell = _cell(photo, tile)
+        relit = relight_image(photo, normals, mask, light=light, ambient=ambient, mode=mode)
+    return [
+        input_cell,
+        _cell(preview_image(normals, mask), tile),
+        _cell(mask_picture.convert("RGB"), tile),
+        _cell(relit, tile),
+    ]
+
+
+def _load_photo(photo: PhotoLike) -> Image.Image:
+    if isinstance(photo, Image.Image):
+        image = photo
+    elif isinstance(photo, np.ndarray):
+        arr = photo
+        if np.issubdtype(arr.dtype, np.floating):
+            scaled = np.asarray(arr, dtype=np.float64) * 255.0
+            arr = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        image = Image.fromarray(np.asarray(arr, dtype=np.uint8))
+    else:
+        with Image.open(photo) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    # Show the photo the way viewers (and the upload preparation) orient it.
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _cell(picture: Image.Image, tile: int) -> Image.Image:
+    cell = Image.new("RGB", (tile, tile), _CELL)
+    cell.paste(picture, ((tile - picture.width) // 2, (tile - picture.height) // 2))
+    return cell
+
+
+def _placeholder(
+    tile: int, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> Image.Image:
+    cell = Image.new("RGB", (tile, tile), _CELL)
+    draw = ImageDraw.Draw(cell)
+    _centred_text(draw, text, 0, tile, tile // 2 - _text_height(font) // 2, font)
+    return cell
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _text_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+    _left, top, _right, bottom = font.getbbox("Ag")
+    return int(bottom - top) + 2
+
+
+def _centred_text(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    left: int,
+    width: int,
+    top: int,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    x0, _, x1, _ = draw.textbbox((0, 0), text, font=font)
+    draw.text((left + (width - int(x1 - x0)) // 2, top), text, fill=_INK, font=font)
