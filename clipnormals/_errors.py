@@ -1,11 +1,11 @@
 """The exceptions clipnormals raises.
 
-Every error a user can see derives from :class:`ClipnormalsError`; third-party exceptions (httpx,
-tenacity, Pillow) are translated at one boundary and chained with ``raise ... from exc``::
+Every error a user can see derives from :class:`ClipnormalsError`::
 
     ClipnormalsError
     ├── APIConnectionError
-    │   └── APITimeoutError
+    │   ├── APITimeoutError
+    │   └── CircuitOpenError             the client stopped trying to connect; nothing was sent
     ├── APIStatusError
     │   ├── BadRequestError              400
     │   ├── AuthenticationError          401 (and: no API key configured, before any I/O)
@@ -16,8 +16,15 @@ tenacity, Pillow) are translated at one boundary and chained with ``raise ... fr
     │   ├── ServerError                  5xx
     │   └── UnexpectedResponseError      a 200 that is not an image, any other status
     ├── CreditBudgetError                the client stopped itself; nothing was sent
-    ├── ClientClosedError                the client was closed, or halted by a 402/403
+    ├── ClientClosedError                the client was closed, or cannot be used here
+    │   └── ClientHaltedError            halted by an earlier 402/403 (.cause)
     └── InvalidImageError (ValueError)   rejected before upload
+
+Third-party exceptions are translated where they happen, never shown raw: tenacity's never
+leave the retry loop (the last error itself is raised); Pillow's become :class:`InvalidImageError`
+chained with ``from exc`` (they carry no secret); httpx's become :class:`APIConnectionError` or
+:class:`APITimeoutError` *without* chaining (``from None``), because an httpx exception holds
+the request, and the request holds the API key in its headers.
 
 No message, repr or attribute of these ever holds the API key: response headers are kept only
 after the key header is dropped, and messages are built from the server's words, which are
@@ -41,7 +48,9 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "CircuitOpenError",
     "ClientClosedError",
+    "ClientHaltedError",
     "ClipnormalsError",
     "CreditBudgetError",
     "InsufficientCreditsError",
@@ -206,15 +215,39 @@ class CreditBudgetError(ClipnormalsError):
 
 
 class ClientClosedError(ClipnormalsError):
-    """The client is closed, or halted after a 402/403; nothing was sent.
+    """The client is closed, or cannot be used here (another event loop, a forked process), or
+    was halted by a 402/403 (:class:`ClientHaltedError`); nothing was sent."""
+
+
+class ClientHaltedError(ClientClosedError):
+    """An earlier 402 or 403 halted the client: every later call fails without I/O.
 
     Attributes:
-        cause: the 402/403 error that halted the client, ``None`` when it was closed.
+        cause: the response that halted it: :class:`InsufficientCreditsError` (402, the account
+            is out of credits) or :class:`PermissionDeniedError` (403, the key is invalid or
+            revoked).
     """
 
-    def __init__(self, message: str, *, cause: APIStatusError | None = None) -> None:
+    def __init__(
+        self, message: str, *, cause: InsufficientCreditsError | PermissionDeniedError
+    ) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class CircuitOpenError(APIConnectionError):
+    """The client stopped trying to reach the server after consecutive connection failures.
+
+    Nothing was sent. The circuit lets one probe through after a pause; when it succeeds,
+    requests flow again. Not retried by the client itself.
+
+    Attributes:
+        host: the host that could not be reached.
+    """
+
+    def __init__(self, message: str, *, host: str) -> None:
+        super().__init__(message)
+        self.host = host
 
 
 class InvalidImageError(ClipnormalsError, ValueError):

@@ -103,7 +103,7 @@ async def test_402_and_403_halt_the_client_without_further_io(status: int) -> No
         with pytest.raises(clipnormals.APIStatusError):
             await client.surface_normals(prepared())
         assert client.halted
-        with pytest.raises(clipnormals.ClientClosedError) as info:
+        with pytest.raises(clipnormals.ClientHaltedError) as info:
             await client.surface_normals(prepared())
         assert info.value.cause is not None
         assert info.value.cause.status_code == status

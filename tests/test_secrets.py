@@ -19,7 +19,7 @@ def _everything_said(exc: BaseException) -> str:
     parts = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
     if isinstance(exc, clipnormals.APIStatusError):
         parts += [repr(exc.headers), exc.body.decode("latin-1"), str(exc.error)]
-    if isinstance(exc, clipnormals.ClientClosedError) and exc.cause is not None:
+    if isinstance(exc, clipnormals.ClientHaltedError):
         parts.append(_everything_said(exc.cause))
     return "\n".join(parts)
 

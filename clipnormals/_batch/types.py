@@ -13,6 +13,7 @@ from .._core.limiter import RateLimit
 from .._errors import (
     AuthenticationError,
     ClientClosedError,
+    ClientHaltedError,
     ClipnormalsError,
     CreditBudgetError,
     InsufficientCreditsError,
@@ -66,12 +67,11 @@ def classify_error(error: ClipnormalsError) -> tuple[RecordStatus, str | None]:
     """
     if isinstance(error, CreditBudgetError):
         return RecordStatus.NOT_SENT, StopReason.CREDITS
-    if isinstance(error, ClientClosedError):
-        cause = getattr(error, "cause", None)
-        if isinstance(cause, InsufficientCreditsError):
+    if isinstance(error, ClientHaltedError):
+        if isinstance(error.cause, InsufficientCreditsError):
             return RecordStatus.NOT_SENT, StopReason.CREDITS
-        if cause is not None:
-            return RecordStatus.NOT_SENT, StopReason.AUTH
+        return RecordStatus.NOT_SENT, StopReason.AUTH
+    if isinstance(error, ClientClosedError):
         return RecordStatus.NOT_SENT, StopReason.INTERRUPTED  # the client was closed under the run
     if isinstance(error, InvalidImageError):
         return RecordStatus.INVALID, None

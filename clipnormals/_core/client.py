@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import AsyncIterable, Iterable
+import weakref
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from types import TracebackType
@@ -152,7 +153,7 @@ class AsyncClient:
         self._counters = _Counters()
         self._rate_limit_streak = 0
         self._closed = False
-        self._maps: set[MapIterator[Any]] = set()
+        self._maps: weakref.WeakSet[MapIterator[Any]] = weakref.WeakSet()
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             transport=transport,
@@ -224,22 +225,73 @@ class AsyncClient:
         self,
         images: Iterable[S] | AsyncIterable[S],
         *,
+        image: Callable[[S], ImageSource] | None = None,
         prefetch: int | None = None,
     ) -> MapIterator[S]:
         """Process many images concurrently; yield a :class:`MapItem` each, in completion order.
 
-        Sources are pulled lazily: at most ``max_concurrency + prefetch`` are held at a time,
-        whatever the number of images. A failed image becomes an item with ``error`` set; the
-        iteration goes on. Use it as ``async for item in client.map(images)`` or, to stop early
-        and release everything at once, ``async with client.map(images) as items``.
+        Args:
+            images: the sources (any :data:`ImageSource`), or objects of your own, such as jobs
+                or records, with ``image`` saying where each one's image is. Sync or async
+                iterable, pulled lazily.
+            image: turns one element of ``images`` into its image, e.g. ``lambda job:
+                job.path`` or ``operator.itemgetter(1)`` for ``(tag, image)`` pairs. Each
+                item's ``source`` is then the element itself, so results come back with the
+                caller's own objects.
+            prefetch: sources pulled ahead of the requests in flight (default
+                ``max_concurrency``).
+
+        At most ``max_concurrency + prefetch`` sources are held at a time, whatever the number of
+        images. A failed image becomes an item with ``error`` set; the iteration goes on. Use
+        ``async with client.map(images) as items`` to own the work in a task group of your
+        task; a bare ``async for`` works too, and leaving it (``break``, an exception) stops
+        every image in progress: no upload starts for a result nobody can read.
+
+        Raises:
+            ClientClosedError: the client is closed.
+
+        Example:
+            >>> import asyncio
+            >>> async def main() -> list[tuple[str, bool]]:
+            ...     jobs = [("first", "a.jpg"), ("second", "b.png")]
+            ...     async with AsyncClient() as client:
+            ...         async with client.map(jobs, image=lambda job: job[1]) as items:
+            ...             return sorted([(item.source[0], item.ok) async for item in items])
+            >>> asyncio.run(main())
+            [('first', True), ('second', True)]
         """
         self._check_open()
+        if prefetch is not None and prefetch < 0:
+            raise ValueError("prefetch must not be negative")
         depth = self.max_concurrency + (self.max_concurrency if prefetch is None else prefetch)
         it: MapIterator[S] = MapIterator(
-            images, depth=depth, run=self._run_item, on_close=self._maps.discard
+            images, depth=depth, run=self._run_item, image=image, on_close=self._maps.discard
         )
         self._maps.add(it)
         return it
+
+    async def prepare(self, image: ImageSource, *, name: str | None = None) -> PreparedImage:
+        """Prepare ``image`` for upload exactly as :meth:`surface_normals` would; send nothing.
+
+        Uses this client's :class:`PrepareOptions` and the endpoint's limits (25,000,000 pixels,
+        30,000,000 bytes, from the API's documentation), in a worker thread. Pass the result to
+        :meth:`surface_normals` or :meth:`map` to upload it without preparing it again.
+
+        Raises:
+            InvalidImageError: the image cannot be sent (see :func:`prepare_image`).
+            ClientClosedError: the client is closed.
+
+        Example:
+            >>> import asyncio
+            >>> async def main() -> tuple[tuple[int, int], str]:
+            ...     async with AsyncClient() as client:
+            ...         prepared = await client.prepare("portrait.jpg")
+            ...     return prepared.size, prepared.content_type
+            >>> asyncio.run(main())
+            ((512, 512), 'image/jpeg')
+        """
+        self._check_open()
+        return await self._prepared(SURFACE_NORMALS, image, name)
 
     async def _run_item(self, image: Any) -> tuple[NormalMap, int] | tuple[ClipnormalsError, int]:
         attempts = _Attempts()

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 
 import anyio
 
-from .._errors import APIStatusError, ClientClosedError, CreditBudgetError
+from .._errors import (
+    ClientHaltedError,
+    CreditBudgetError,
+    InsufficientCreditsError,
+    PermissionDeniedError,
+)
 
 __all__ = ["CreditLedger", "CreditPolicy", "Reservation", "parse_credit_header"]
 
@@ -131,7 +136,7 @@ class CreditLedger:
         self.unit = 1
         self._reported: bool | None = None  # does the server report the balance? None: unknown
         self._probing = False
-        self._halted: APIStatusError | None = None
+        self._halted: InsufficientCreditsError | PermissionDeniedError | None = None
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -163,7 +168,7 @@ class CreditLedger:
         return self._halted is not None
 
     def check_halted(self) -> None:
-        """Raise ClientClosedError when a 402 or 403 halted the client."""
+        """Raise :class:`ClientHaltedError` when a 402 or 403 halted the client."""
         if self._halted is not None:
             raise _halted_error(self._halted)
 
@@ -173,7 +178,12 @@ class CreditLedger:
         if self.reserved == 0 and (reason := self._refusal()) is not None:
             raise CreditBudgetError(reason)
 
-    def halt(self, error: APIStatusError, *, remaining: int | None = None) -> None:
+    def halt(
+        self,
+        error: InsufficientCreditsError | PermissionDeniedError,
+        *,
+        remaining: int | None = None,
+    ) -> None:
         """Refuse every later request, without I/O (after a 402 or 403).
 
         ``remaining`` is the balance the halting answer implies (0 for a 402) when it did not
@@ -279,7 +289,7 @@ class CreditLedger:
         self._changed = anyio.Event()
 
 
-def _halted_error(cause: APIStatusError) -> ClientClosedError:
-    return ClientClosedError(
+def _halted_error(cause: InsufficientCreditsError | PermissionDeniedError) -> ClientHaltedError:
+    return ClientHaltedError(
         f"not sent: the client halted after an earlier response: {cause.message}", cause=cause
     )

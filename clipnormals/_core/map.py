@@ -1,33 +1,47 @@
 """Streaming many images through the client with bounded memory.
 
-A pump task runs ``depth`` workers; each pulls the next source (one worker at a time), runs it,
-and waits until the consumer has taken its item before pulling another. So at most ``depth``
-sources and results are alive at once, whether the input holds ten images or ten million, and a
-slow consumer slows the workers instead of filling memory.
+A pump runs ``depth`` workers; each pulls the next source (one worker at a time), runs it, and
+waits until the consumer has taken its item before pulling another. So at most ``depth`` sources
+and results are alive at once, whether the input holds ten images or ten million, and a slow
+consumer slows the workers instead of filling memory.
 
-The pump runs in its own asyncio task: an async generator must not yield from inside a task
-group, and the consumer may stop iterating at any point. Closing the iterator (or the client)
-cancels the pump, which cancels the workers: their slots, tokens and credit reservations are
-released by the ``async with`` blocks they are in.
+Who owns the pump:
+
+- ``async with client.map(...) as items``: the iterator's own task group, entered and left in
+  the caller's task (structured concurrency). Leaving the block, an exception in its body, or a
+  cancellation of the caller cancels the workers before the block is left.
+- a bare ``async for item in client.map(...)``: an asyncio task started by the first
+  ``__anext__``, since nothing else could own it. Breaking out of the loop, an exception in its
+  body, or dropping the iterator cancels it at once (the pump holds no reference to the
+  iterator, so the iterator dies with the loop that used it); so do :meth:`MapIterator.aclose`
+  and closing the client.
+
+Either way, once the consumer is gone no new upload starts: the only images that may still be
+charged are the requests already in flight at that moment. Cancelled workers release their
+slots, tokens and credit reservations through the ``async with`` blocks they are in.
+
+A source iterable that raises stops the pump, cancels the images in progress, and the error is
+raised bare by the iterator after the items already delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
+    Iterator,
 )
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -40,14 +54,37 @@ S = TypeVar("S")
 _Run = Callable[[Any], Awaitable[tuple[Any, int]]]
 
 
+class _Tally:
+    """Counts shared by the pump and the iterator (the pump must not hold the iterator)."""
+
+    __slots__ = ("delivered", "failure", "pulled")
+
+    def __init__(self) -> None:
+        self.pulled = 0
+        self.delivered = 0
+        self.failure: BaseException | None = None
+
+
 class MapIterator(Generic[S]):
-    """The async iterator returned by :meth:`AsyncClient.map`.
+    """The async iterator returned by :meth:`AsyncClient.map`: one :class:`MapItem` per source.
+
+    Items come in completion order. ``async with`` gives the iteration a task group of its own
+    and stops every image in progress when the block is left; a bare ``async for`` stops them
+    when the loop is left (``break``, an exception) or the iterator is dropped.
+
+    Attributes:
+        in_flight: sources taken from the input whose items have not been delivered yet.
+        delivered: items handed to the consumer so far.
 
     Example:
-        >>> async def run(client, paths):
-        ...     async with client.map(paths) as items:
-        ...         async for item in items:
-        ...             print(item.source, "ok" if item.ok else item.error)
+        >>> import asyncio
+        >>> from clipnormals import AsyncClient
+        >>> async def main() -> list[str]:
+        ...     async with AsyncClient() as client:
+        ...         async with client.map(["a.jpg", "b.png", "c.webp"]) as items:
+        ...             return sorted(item.source for item in [i async for i in items] if item.ok)
+        >>> asyncio.run(main())
+        ['a.jpg', 'b.png', 'c.webp']
     """
 
     def __init__(
@@ -56,39 +93,64 @@ class MapIterator(Generic[S]):
         *,
         depth: int,
         run: _Run,
+        image: Callable[[S], Any] | None,
         on_close: Callable[[MapIterator[Any]], None],
     ) -> None:
         self._sources = sources
         self._depth = depth
         self._run = run
+        self._image = image
         self._on_close = on_close
-        send, receive = anyio.create_memory_object_stream[MapItem[S]](0)
-        self._send: MemoryObjectSendStream[MapItem[S]] = send
-        self._receive: MemoryObjectReceiveStream[MapItem[S]] = receive
+        self._tally = _Tally()
+        self._receive: MemoryObjectReceiveStream[MapItem[S]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Sources pulled from the input whose items have not been delivered yet."""
+        return self._tally.pulled - self._tally.delivered
+
+    @property
+    def delivered(self) -> int:
+        """Items handed to the consumer so far."""
+        return self._tally.delivered
 
     def __aiter__(self) -> Self:
         return self
 
+    def _start(self) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Make the streams; return the pump to run (it holds the send side, not ``self``)."""
+        send, receive = anyio.create_memory_object_stream[MapItem[S]](0)
+        self._receive = receive
+        return _Pump(self._sources, self._depth, self._run, self._image, self._tally, send).run
+
     async def __anext__(self) -> MapItem[S]:
         if self._closed:
             raise StopAsyncIteration
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._pump())
+        if self._receive is None:
+            self._task = asyncio.get_running_loop().create_task(self._start()())
+        assert self._receive is not None  # noqa: S101 - set just above
         try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            task = self._task
+            item = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            failure = self._tally.failure
             await self.aclose()
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                # The task group wraps what the source iterable raised; hand it over bare.
-                while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                    exc = exc.exceptions[0]
-                raise exc from None
+            if failure is not None:
+                raise failure from None
             raise StopAsyncIteration from None
+        self._tally.delivered += 1
+        return item
 
     async def __aenter__(self) -> Self:
+        if self._receive is not None or self._closed:
+            raise RuntimeError("enter client.map(...) with `async with` before iterating it")
+        pump = self._start()
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        group.start_soon(pump)
         return self
 
     async def __aexit__(
@@ -96,53 +158,133 @@ class MapIterator(Generic[S]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    ) -> bool | None:
+        group = self._group
+        self._group = None
+        self._close_streams()
+        if group is None:
+            await self.aclose()
+            return None
+        group.cancel_scope.cancel()
+        try:
+            if exc is None or isinstance(exc, asyncio.CancelledError):
+                return await group.__aexit__(exc_type, exc, tb)
+            # The body's own error: stop the workers, then let it through unwrapped (a task
+            # group would turn it into an exception group).
+            await group.__aexit__(None, None, None)
+            return None
+        finally:
+            self._finish()
 
     async def aclose(self) -> None:
-        """Stop pulling sources and cancel the images in progress."""
+        """Stop pulling sources and cancel the images in progress.
+
+        Waits until they are cancelled; a cancellation of the caller is not swallowed.
+        """
         if self._closed:
             return
-        self._closed = True
-        self._on_close(self)
+        self._close_streams()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()  # the ``async with`` block finishes the job
+            return
         task = self._task
+        self._finish()
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(_wait(task))
-        self._receive.close()
-        self._send.close()
+            await asyncio.wait({task})
 
-    async def _pump(self) -> None:
+    def _close_streams(self) -> None:
+        if self._receive is not None:
+            self._receive.close()
+
+    def _finish(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close(self)
+
+    def __del__(self) -> None:
+        # A bare ``async for`` that was left early: nobody will read what the workers make.
+        self._close_streams()
+        task = self._task
+        if task is None or task.done():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop = task.get_loop()
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                task.cancel()
+            else:
+                loop.call_soon_threadsafe(task.cancel)
+
+
+class _Pump(Generic[S]):
+    """The workers. Holds the sources and the send side, never the iterator."""
+
+    __slots__ = ("_depth", "_image", "_run", "_send", "_sources", "_tally")
+
+    def __init__(
+        self,
+        sources: Iterable[S] | AsyncIterable[S],
+        depth: int,
+        run: _Run,
+        image: Callable[[S], Any] | None,
+        tally: _Tally,
+        send: MemoryObjectSendStream[MapItem[S]],
+    ) -> None:
+        self._sources = sources
+        self._depth = depth
+        self._run = run
+        self._image = image
+        self._tally = tally
+        self._send = send
+
+    async def run(self) -> None:
+        send = self._send
         # A fixed pool of workers, not a task per image: cheaper per image, and the pool size
         # is the bound on sources and results alive at once.
-        sources = _iterate(self._sources)
+        sources = _Sources(self._sources)
         turn = anyio.Lock()
-        counter = itertools.count()
         try:
-            async with self._send, anyio.create_task_group() as tg:
+            async with send, anyio.create_task_group() as tg:
                 for _ in range(self._depth):
-                    tg.start_soon(self._work, sources, turn, counter, self._send.clone())
+                    tg.start_soon(self._work, sources, turn, send.clone(), tg.cancel_scope)
         finally:
             with anyio.CancelScope(shield=True):
                 await sources.aclose()
 
     async def _work(
         self,
-        sources: AsyncIterator[S],
+        sources: _Sources[S],
         turn: anyio.Lock,
-        counter: itertools.count[int],
         send: MemoryObjectSendStream[MapItem[S]],
+        scope: anyio.CancelScope,
     ) -> None:
+        tally = self._tally
         async with send:
             while True:
                 async with turn:  # one worker at a time pulls the next source
                     try:
-                        source = await anext(sources)
+                        source = await sources.next()
                     except StopAsyncIteration:
                         return
-                    index = next(counter)
-                value, attempts = await self._run(source)
+                    except Exception as exc:  # the caller's iterable failed: stop everything
+                        if tally.failure is None:
+                            tally.failure = exc
+                        scope.cancel()
+                        return
+                    index = tally.pulled
+                    tally.pulled += 1
+                try:
+                    image = source if self._image is None else self._image(source)
+                except Exception as exc:  # the caller's extractor failed: like the iterable
+                    if tally.failure is None:
+                        tally.failure = exc
+                    scope.cancel()
+                    return
+                value, attempts = await self._run(image)
                 if isinstance(value, ClipnormalsError):
                     item = MapItem(index=index, source=source, error=value, attempts=attempts)
                 else:
@@ -150,20 +292,39 @@ class MapIterator(Generic[S]):
                 try:
                     await send.send(item)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return  # the consumer went away; nobody is left to tell
+                    scope.cancel()  # the consumer went away: start nothing more
+                    return
 
 
-async def _wait(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(BaseException):
-        await task
+class _Sources(Generic[S]):
+    """One iterator over a sync or async iterable, pulled with ``await next()``."""
 
+    __slots__ = ("_async", "_sync")
 
-async def _iterate(sources: Iterable[S] | AsyncIterable[S]) -> AsyncGenerator[S, None]:
-    if isinstance(sources, AsyncIterable):
-        async for source in sources:
-            yield source
-    else:
-        for source in sources:
-            yield source
-            # Give the workers a turn even when the iterable never blocks.
-            await anyio.lowlevel.checkpoint()
+    def __init__(self, sources: Iterable[S] | AsyncIterable[S]) -> None:
+        self._async: AsyncIterator[S] | None = None
+        self._sync: Iterator[S] | None = None
+        if isinstance(sources, AsyncIterable):
+            self._async = aiter(sources)
+        else:
+            self._sync = iter(sources)
+
+    async def next(self) -> S:
+        if self._async is not None:
+            return await anext(self._async)
+        assert self._sync is not None  # noqa: S101 - one of the two is set
+        try:
+            source = next(self._sync)
+        except StopIteration:
+            raise StopAsyncIteration from None
+        # Give the workers a turn even when the iterable never blocks.
+        await anyio.lowlevel.checkpoint()
+        return source
+
+    async def aclose(self) -> None:
+        closer = getattr(self._async, "aclose", None)
+        if closer is not None:
+            await closer()
+        sync_close = getattr(self._sync, "close", None)
+        if sync_close is not None:
+            sync_close()

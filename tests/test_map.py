@@ -1,0 +1,183 @@
+"""``client.map``: leaving early stops spending, the iteration owns its tasks, tags come back."""
+
+from __future__ import annotations
+
+import gc
+import operator
+import weakref
+
+import anyio
+import pytest
+
+import clipnormals
+
+from .fakeapi import KEY, FakeAPI, prepared
+
+pytestmark = pytest.mark.anyio
+
+FAST = clipnormals.RateLimit(requests=6000, per=60.0)
+
+
+@pytest.fixture
+def anyio_backend(virtual_time_backend: object) -> object:
+    return virtual_time_backend
+
+
+def _client(api: FakeAPI, **kwargs: object) -> clipnormals.AsyncClient:
+    options: dict[str, object] = {
+        "api_key": KEY,
+        "transport": api.transport(),
+        "rate_limit": FAST,
+        "max_concurrency": 8,
+    }
+    options.update(kwargs)
+    return clipnormals.AsyncClient(**options)  # type: ignore[arg-type]
+
+
+async def test_break_from_a_bare_loop_starts_no_new_upload() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    async with _client(api) as client:  # a long-lived client: it stays open after the loop
+        async for _item in client.map([prepared(i % 3) for i in range(50)]):
+            started = len(api.arrivals)
+            break
+        await anyio.sleep(30)  # time for anything still running to finish and charge
+        assert len(api.arrivals) == started
+        assert api.charged <= started
+        assert client.credits.reserved == 0
+        assert len(client._maps) == 0
+
+
+async def test_an_exception_in_the_loop_body_stops_the_uploads() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    started = -1
+
+    async def consume(client: clipnormals.AsyncClient) -> None:
+        nonlocal started
+        async for _item in client.map([prepared(i % 3) for i in range(50)]):
+            started = len(api.arrivals)
+            raise LookupError("the consumer's own bug")
+
+    async with _client(api) as client:
+        with pytest.raises(LookupError):
+            await consume(client)
+        await anyio.sleep(30)
+        assert len(api.arrivals) == started
+        assert client.credits.reserved == 0
+
+
+async def test_dropping_the_iterator_stops_the_uploads() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    async with _client(api) as client:
+        items = client.map([prepared(i % 3) for i in range(50)])
+        await items.__anext__()
+        started = len(api.arrivals)
+        alive = weakref.ref(items)
+        del items
+        assert alive() is None  # nothing else keeps an abandoned iteration alive
+        await anyio.sleep(30)
+        assert len(api.arrivals) == started
+        assert client.credits.reserved == 0
+
+
+async def test_async_with_stops_every_image_before_the_block_is_left() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    async with _client(api) as client:
+        async with client.map([prepared(i % 3) for i in range(50)]) as items:
+            await items.__anext__()
+            await items.__anext__()
+            assert 0 < items.in_flight <= 16
+            started = len(api.arrivals)
+        assert api.in_flight == 0  # already cancelled, not "soon"
+        await anyio.sleep(30)
+        assert len(api.arrivals) == started
+        assert client.credits.reserved == 0
+
+
+async def test_an_error_in_the_with_block_comes_out_unwrapped() -> None:
+    api = FakeAPI(credits=None)
+
+    async def consume(client: clipnormals.AsyncClient) -> None:
+        async with client.map([prepared()] * 5) as items:
+            await items.__anext__()
+            raise LookupError("mine")
+
+    async with _client(api) as client:
+        with pytest.raises(LookupError, match="mine"):
+            await consume(client)
+        assert client.credits.reserved == 0
+
+
+async def test_cancelling_the_closer_is_not_swallowed() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    async with _client(api) as client:
+        items = client.map([prepared(i % 3) for i in range(50)])
+        await items.__anext__()
+        after_close = False
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await items.aclose()
+            after_close = True  # the caller was cancelled: never reached
+        assert scope.cancelled_caught
+        assert not after_close
+        started = len(api.arrivals)
+        await anyio.sleep(30)
+        assert len(api.arrivals) == started  # and the workers were stopped all the same
+
+
+async def test_cancelling_the_task_that_owns_the_with_block_cancels_the_work() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    async with _client(api) as client:
+        with anyio.move_on_after(2.5):
+            async with client.map([prepared(i % 3) for i in range(50)]) as items:
+                async for _item in items:
+                    pass
+        started = len(api.arrivals)
+        assert api.in_flight == 0
+        await anyio.sleep(30)
+        assert len(api.arrivals) == started
+        assert client.credits.reserved == 0
+
+
+async def test_items_carry_the_callers_own_objects() -> None:
+    api = FakeAPI(credits=None)
+    jobs = [(f"job-{i}", prepared(i)) for i in range(6)]
+    async with _client(api) as client, client.map(jobs, image=operator.itemgetter(1)) as items:
+        seen = sorted([(item.source[0], item.ok) async for item in items])
+    assert seen == [(f"job-{i}", True) for i in range(6)]
+
+
+async def test_in_flight_counts_what_was_pulled_and_not_delivered() -> None:
+    api = FakeAPI(credits=None)
+    async with _client(api, max_concurrency=2) as client:
+        async with client.map([prepared(i % 3) for i in range(10)], prefetch=1) as items:
+            assert items.in_flight == 0
+            first = await items.__anext__()
+            assert first.ok
+            await anyio.sleep(1)  # let the workers run ahead as far as they may
+            assert items.in_flight == 3  # max_concurrency + prefetch, each holding one
+            rest = [item async for item in items]
+        assert len(rest) == 9
+        assert items.delivered == 10
+        assert items.in_flight == 0
+
+
+async def test_a_failing_extractor_is_raised_bare() -> None:
+    def broken(job: str) -> object:
+        raise KeyError(job)
+
+    async with _client(FakeAPI(credits=None)) as client:
+        with pytest.raises(KeyError, match="x"):
+            async for _item in client.map(["x", "y"], image=broken):  # type: ignore[arg-type]
+                pass
+
+
+async def test_closing_the_client_stops_open_iterations() -> None:
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    client = _client(api)
+    items = client.map([prepared(i % 3) for i in range(50)])
+    await items.__anext__()
+    await client.aclose()
+    started = len(api.arrivals)
+    await anyio.sleep(30)
+    assert len(api.arrivals) == started
+    gc.collect()
