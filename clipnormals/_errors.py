@@ -37,8 +37,8 @@ import email.utils
 import json
 import math
 import time
+import urllib.parse
 from collections.abc import Mapping
-from typing import Any
 
 import httpx
 
@@ -61,6 +61,8 @@ __all__ = [
     "ServerError",
     "UnexpectedResponseError",
     "parse_retry_after",
+    "scrub",
+    "scrub_bytes",
 ]
 
 _SENSITIVE_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
@@ -105,6 +107,8 @@ class APIStatusError(ClipnormalsError):
         body: the response body (at most 4 KiB of it), ``b""`` when there was none.
         headers: the response headers, without any credential.
         error: the server's ``{"error": ...}`` text when the body carried one, else ``None``.
+        retry_after: seconds the server asked to wait before trying again (``Retry-After``,
+            delta-seconds or an HTTP date), ``None`` when absent.
 
     Example:
         >>> exc = APIStatusError.from_response(httpx.Response(400, json={"error": "bad"}))
@@ -122,12 +126,17 @@ class APIStatusError(ClipnormalsError):
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
         error: str | None = None,
+        retry_after: float | None = None,
+        secret: str | None = None,
     ) -> None:
+        """``secret`` (the API key) is removed from everything kept; it is not stored."""
+        message = scrub(message, secret)
         super().__init__(message)
         self.status_code = status_code
-        self.body = body
-        self.headers: dict[str, str] = _safe_headers(headers or {})
-        self.error = error
+        self.body = scrub_bytes(body, secret)[:_MAX_BODY_KEPT]
+        self.headers: dict[str, str] = _safe_headers(headers or {}, secret)
+        self.error = scrub(error, secret) if error is not None else None
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
@@ -136,30 +145,36 @@ class APIStatusError(ClipnormalsError):
     def from_response(
         cls, response: httpx.Response, *, secret: str | None = None
     ) -> APIStatusError:
-        """Build the typed error for an error response.
+        """Build the typed error for an error response; ``secret`` is scrubbed from all of it.
 
         The body may be missing, empty, or not JSON (a proxy's HTML page): the error is typed by
         status all the same, and its message says what the body did.
         """
-        status = response.status_code
-        error_cls = _class_for_status(status)
-        body = _read_body(response)
+        return cls.from_parts(
+            response.status_code, response.headers, _read_body(response), secret=secret
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        secret: str | None = None,
+    ) -> APIStatusError:
+        """Like :meth:`from_response`, from a status, headers and the body already read."""
         error = _parse_error(body)
-        detail = error if error is not None else _describe_body(body, response)
-        if secret:
-            detail = detail.replace(secret, "***")
-            body = body.replace(secret.encode(), b"***")
-            error = error.replace(secret, "***") if error is not None else None
-        message = f"{status} {_reason(status)}: {detail}"
-        kwargs: dict[str, Any] = {
-            "status_code": status,
-            "body": body[:_MAX_BODY_KEPT],
-            "headers": response.headers,
-            "error": error,
-        }
-        if error_cls is RateLimitError:
-            kwargs["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
-        return error_cls(message, **kwargs)
+        detail = error if error is not None else _describe_body(body, headers)
+        return _class_for_status(status)(
+            f"{status} {_reason(status)}: {detail}",
+            status_code=status,
+            body=body,
+            headers=headers,
+            error=error,
+            retry_after=parse_retry_after(headers.get("retry-after")),
+            secret=secret,
+        )
 
 
 class BadRequestError(APIStatusError):
@@ -188,13 +203,9 @@ class NotAcceptableError(APIStatusError):
 class RateLimitError(APIStatusError):
     """429: the server's rate limiter refused the request.
 
-    Attributes:
-        retry_after: seconds the server asked to wait (``Retry-After``), ``None`` when absent.
+    ``retry_after`` (seconds, ``None`` when absent) is what the server asked to wait; the client
+    pauses every sender of its quota for that long (capped), or backs off when it is absent.
     """
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
 
 class ServerError(APIStatusError):
@@ -303,16 +314,49 @@ def _parse_error(body: bytes) -> str | None:
     return None
 
 
-def _describe_body(body: bytes, response: httpx.Response) -> str:
+def _describe_body(body: bytes, headers: Mapping[str, str]) -> str:
     if not body:
         return "empty response body"
-    ctype = response.headers.get("content-type", "no content-type")
+    ctype = headers.get("content-type", "no content-type")
     snippet = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
     return f"unparseable {ctype} body: {snippet!r}"
 
 
-def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in _SENSITIVE_HEADERS}
+def _safe_headers(headers: Mapping[str, str], secret: str | None) -> dict[str, str]:
+    return {
+        scrub(k.lower(), secret): scrub(v, secret)
+        for k, v in headers.items()
+        if k.lower() not in _SENSITIVE_HEADERS
+    }
+
+
+def _secret_forms(secret: str) -> tuple[str, ...]:
+    """The key as it may appear in an echo: plain, JSON-escaped, percent-encoded."""
+    forms = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe="")}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` with every form of ``secret`` replaced by ``***``.
+
+    Example:
+        >>> scrub('{"echo": "sk-1/2"}', "sk-1/2")
+        '{"echo": "***"}'
+    """
+    if not secret:
+        return text
+    for form in _secret_forms(secret):
+        text = text.replace(form, "***")
+    return text
+
+
+def scrub_bytes(data: bytes, secret: str | None) -> bytes:
+    """:func:`scrub` for bytes (a response body)."""
+    if not secret:
+        return data
+    for form in _secret_forms(secret):
+        data = data.replace(form.encode(), b"***")
+    return data
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
 import pytest
 
 import clipnormals
+import clipnormals.emulator
 from clipnormals._core.credits import CreditLedger, parse_credit_header
 
 from .fakeapi import KEY, FakeAPI, prepared
@@ -108,6 +113,10 @@ async def test_calls_costing_more_than_one_credit() -> None:
     assert 402 not in api.statuses
 
 
+def _charged(remaining: int) -> dict[str, str]:
+    return {"x-credits-consumed": "1", "x-remaining-credits": str(remaining)}
+
+
 def test_stale_balance_from_a_slow_response_is_not_believed() -> None:
     ledger = CreditLedger(clipnormals.CreditPolicy())
     ledger.remaining = 10
@@ -115,11 +124,11 @@ def test_stale_balance_from_a_slow_response_is_not_believed() -> None:
     r1 = clipnormals._core.credits.Reservation(ledger, 1, probe=False)
     r2 = clipnormals._core.credits.Reservation(ledger, 1, probe=False)
     r3 = clipnormals._core.credits.Reservation(ledger, 1, probe=False)
-    r1.commit(1, 7)  # the server had charged all three when this answered
+    r1.answered(200, _charged(7))  # the server had charged all three when this answered
     assert ledger.remaining == 7
-    r2.commit(1, 9)  # an older answer arriving late: not believed
+    r2.answered(200, _charged(9))  # an older answer arriving late: not believed
     assert ledger.remaining == 7
-    r3.commit(1, 50)  # far above anything reordering explains: a top-up
+    r3.answered(200, _charged(50))  # far above anything reordering explains: a top-up
     assert ledger.remaining == 50
     assert ledger.reserved == 0
     assert ledger.consumed == 3
@@ -139,3 +148,134 @@ def test_policy_validation() -> None:
         clipnormals.CreditPolicy(reserve=-1)
     with pytest.raises(ValueError, match="budget"):
         clipnormals.CreditPolicy(budget=-5)
+
+
+# -- charged answers whose body is lost ------------------------------------------------------
+
+
+def _truncating_emulator(credits: int, *, seed: int) -> clipnormals.emulator.Emulator:
+    from clipnormals.emulator import Emulator, EmulatorConfig, Faults
+
+    return Emulator(
+        EmulatorConfig(
+            keys={KEY: credits},
+            faults=Faults(truncate_jpeg=0.3),  # complete 200s carrying half a JPEG: charged
+            synth="canned",
+            seed=seed,
+        )
+    )
+
+
+def _emulated(emulator: clipnormals.emulator.Emulator, **kwargs: object) -> clipnormals.AsyncClient:
+    options: dict[str, object] = {
+        "api_key": KEY,
+        "base_url": "http://127.0.0.1",
+        "transport": emulator.transport(),
+        "rate_limit": clipnormals.RateLimit(requests=6000, per=60.0),
+        "retry": clipnormals.RetryPolicy(attempts=20, initial=0.01, max_backoff=0.05),
+    }
+    options.update(kwargs)
+    return clipnormals.AsyncClient(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_budget_caps_what_the_server_charges_truncated_bodies_included(seed: int) -> None:
+    emulator = _truncating_emulator(1000, seed=seed)
+    policy = clipnormals.CreditPolicy(budget=12)
+    async with _emulated(emulator, credits=policy) as client:
+        items = [i async for i in client.map([prepared(i) for i in range(30)])]
+    charged = emulator.stats.credits_charged
+    assert emulator.stats.faults.get("truncate-jpeg", 0) > 0  # the fault did happen
+    assert charged <= 12  # a hard cap on what the server charges
+    assert client.credits.consumed == charged
+    done = sum(i.ok for i in items)
+    assert done + emulator.stats.faults.get("truncate-jpeg", 0) == charged
+    assert client.credits.reserved == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_balance_with_truncated_bodies_never_402s(seed: int) -> None:
+    emulator = _truncating_emulator(15, seed=seed)
+    async with _emulated(emulator) as client:
+        items = [i async for i in client.map([prepared(i) for i in range(30)])]
+    assert emulator.stats.statuses.get(402, 0) == 0
+    assert emulator.stats.credits_charged == 15  # every credit used, not one asked for beyond
+    assert client.credits.consumed == 15
+    assert client.credits.remaining == 0
+    failed = [i.error for i in items if not i.ok]
+    assert all(isinstance(e, clipnormals.CreditBudgetError) for e in failed)
+    assert sum(i.ok for i in items) == 15 - emulator.stats.faults.get("truncate-jpeg", 0)
+
+
+def _slow_body_api(charged: list[int]) -> httpx.MockTransport:
+    """Answers 200 with credit headers at once, then a body that takes 10 s to arrive."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            await anyio.sleep(1.0)
+            yield b"\xff" * 10
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        charged.append(1)
+        return httpx.Response(
+            200,
+            headers={
+                "content-type": "image/jpeg",
+                "x-credits-consumed": "1",
+                "x-remaining-credits": str(100 - len(charged)),
+            },
+            content=body(),
+        )
+
+    return httpx.MockTransport(handle)
+
+
+async def test_an_answer_cancelled_after_its_headers_is_counted() -> None:
+    charged: list[int] = []
+    async with clipnormals.AsyncClient(
+        api_key=KEY, transport=_slow_body_api(charged), rate_limit=clipnormals.RateLimit()
+    ) as client:
+        with anyio.move_on_after(3.0):  # a web client that went away mid-body
+            await client.surface_normals(prepared())
+        assert charged == [1]
+        assert client.credits.consumed == 1
+        assert client.credits.remaining == 99
+        assert client.credits.reserved == 0
+
+
+async def test_a_retry_of_a_charged_attempt_needs_room_in_the_budget() -> None:
+    # Every answer is a charged 200 whose body is cut short: each retry costs a credit.
+    api = FakeAPI(credits=None)
+    truncated = httpx.Response(
+        200,
+        content=b"\xff\xd8\xff\xe0" + b"\0" * 20,
+        headers={"content-type": "image/jpeg", "x-credits-consumed": "1"},
+    )
+    api.script = [truncated] * 50
+    async with _client(api, credits=clipnormals.CreditPolicy(budget=3)) as client:
+        with pytest.raises(clipnormals.CreditBudgetError):
+            await client.surface_normals(prepared())
+    assert len(api.arrivals) == 3
+    assert client.credits.consumed == 3
+
+
+async def test_an_unanswered_request_counts_against_the_budget() -> None:
+    # The server may have charged a request whose answer never came; the budget must assume
+    # it did.
+    api = FakeAPI(credits=None, script=[httpx.ReadTimeout("no answer")] * 2)
+    async with _client(api, credits=clipnormals.CreditPolicy(budget=2)) as client:
+        with pytest.raises(clipnormals.CreditBudgetError):
+            await client.surface_normals(prepared())
+        assert client.credits.uncertain == 2
+        assert client.credits.consumed == 0
+    assert len(api.arrivals) == 2
+
+
+async def test_a_request_that_never_connected_costs_nothing() -> None:
+    api = FakeAPI(script=[httpx.ConnectError("refused")] * 2)
+    async with _client(api, credits=clipnormals.CreditPolicy(budget=1)) as client:
+        nm = await client.surface_normals(prepared())
+    assert nm.credits_consumed == 1
+    assert client.credits.uncertain == 0
+    assert client.credits.consumed == 1

@@ -6,6 +6,7 @@ limiter token -> HTTP attempt -> (retry: back to the slot) -> commit or release 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -32,10 +33,12 @@ from .._errors import (
     RateLimitError,
     ServerError,
     UnexpectedResponseError,
+    scrub,
 )
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
 from .._normals.normalmap import NormalMap
 from .._version import __version__
+from .circuit import CircuitBreaker
 from .config import check_base_url, resolve_api_key, resolve_base_url
 from .credits import CreditLedger, CreditPolicy, Reservation, parse_credit_header
 from .limiter import Limiter, LocalLimiter, RateLimit
@@ -152,7 +155,14 @@ class AsyncClient:
         self._prep_slots = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._counters = _Counters()
         self._rate_limit_streak = 0
+        self._circuit = CircuitBreaker(
+            failures=self.retry.circuit_failures,
+            reset=self.retry.circuit_reset,
+            host=_host_label(self._base_url),
+        )
         self._closed = False
+        self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._maps: weakref.WeakSet[MapIterator[Any]] = weakref.WeakSet()
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
@@ -183,8 +193,18 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop every ``map`` in progress and close the connection pool."""
+        """Stop every ``map`` in progress and close the connection pool.
+
+        Idempotent. Closing from another event loop than the one the client was used in (after
+        that loop ended) only marks the client closed: its connections went with that loop.
+        """
+        if self._closed:
+            return
         self._closed = True
+        if self._pid != os.getpid() or (
+            self._loop is not None and self._loop is not asyncio.get_running_loop()
+        ):
+            return
         for it in list(self._maps):
             await it.aclose()
         await self._http.aclose()
@@ -260,7 +280,7 @@ class AsyncClient:
             >>> asyncio.run(main())
             [('first', True), ('second', True)]
         """
-        self._check_open()
+        self._check_open(bind=False)
         if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must not be negative")
         depth = self.max_concurrency + (self.max_concurrency if prefetch is None else prefetch)
@@ -305,25 +325,43 @@ class AsyncClient:
             error.__cause__ = exc
             return error, attempts.count
 
-    def _check_open(self) -> None:
+    def _check_open(self, *, bind: bool = True) -> None:
+        """Raise ClientClosedError unless this client may send from here; binds it to the
+        running event loop on first use. Called before any I/O."""
         if self._closed:
             raise ClientClosedError("the client is closed")
+        if self._pid != os.getpid():
+            raise ClientClosedError(
+                f"this client was created in process {self._pid}, and this is process "
+                f"{os.getpid()} (a fork): its connections and event loop stayed with the parent. "
+                "Create one client per process, after the fork"
+            )
+        if not bind:
+            return
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            state = "has ended" if self._loop.is_closed() else "is still running elsewhere"
+            raise ClientClosedError(
+                "this client belongs to the event loop it was first used in, which "
+                f"{state}; nothing was sent. Create the client inside the event loop that "
+                "uses it (for example inside the coroutine given to asyncio.run), one per loop"
+            )
 
     async def _run(
         self, endpoint: Endpoint, image: ImageSource, name: str | None, attempts: _Attempts
     ) -> tuple[NormalMap, int]:
         self._check_open()
         self._ledger.check()  # credits gone for good: fail before any Pillow work
+        self._circuit.check()  # the server cannot be reached: likewise
         prepared = await self._prepared(endpoint, image, name)
-        async with self._ledger.reserve() as reservation:
-            response = await self._send_with_retries(endpoint, prepared, reservation, attempts)
-        consumed = parse_credit_header(response.headers, "x-credits-consumed")
-        remaining = parse_credit_header(response.headers, "x-remaining-credits")
+        body, headers = await self._send_with_retries(endpoint, prepared, attempts)
         try:
             result = NormalMap(
-                response.content,
-                credits_remaining=remaining,
-                credits_consumed=consumed,
+                body,
+                credits_remaining=parse_credit_header(headers, "x-remaining-credits"),
+                credits_consumed=parse_credit_header(headers, "x-credits-consumed"),
                 prepared=prepared,
                 flip_x=self._flip[0],
                 flip_y=self._flip[1],
@@ -332,7 +370,8 @@ class AsyncClient:
             raise UnexpectedResponseError(
                 f"200 OK but the normal map is unusable: {exc.message}",
                 status_code=200,
-                headers=response.headers,
+                headers=headers,
+                secret=self._key.reveal(),
             ) from exc
         return result, attempts.count
 
@@ -359,102 +398,146 @@ class AsyncClient:
         )
 
     async def _send_with_retries(
-        self,
-        endpoint: Endpoint,
-        prepared: PreparedImage,
-        reservation: Reservation,
-        attempts: _Attempts,
-    ) -> httpx.Response:
-        async for attempt in self.retry.retrying(clock=anyio.current_time):
+        self, endpoint: Endpoint, prepared: PreparedImage, attempts: _Attempts
+    ) -> tuple[bytes, httpx.Headers]:
+        started = anyio.current_time()
+        async for attempt in self.retry.retrying(clock=anyio.current_time, started=started):
             with attempt:
-                if attempts.count:
-                    self._counters.retries += 1
-                attempts.count += 1
-                response = await self._attempt(endpoint, prepared)
-                reservation.commit(
-                    parse_credit_header(response.headers, "x-credits-consumed"),
-                    parse_credit_header(response.headers, "x-remaining-credits"),
-                )
-                return response
+                return await self._attempt(endpoint, prepared, started, attempts)
             outcome = attempt.retry_state.outcome
             exc = outcome.exception() if outcome is not None else None
             if exc is not None and self.retry.is_retryable(exc):
                 logger.info(
-                    "%s: attempt %d failed (%s); at most %d attempts",
+                    "%s: attempt %d failed (%s)",
                     prepared.source_name or "image",
                     attempts.count,
                     getattr(exc, "message", exc),
-                    self.retry.attempts,
                 )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _attempt(self, endpoint: Endpoint, prepared: PreparedImage) -> httpx.Response:
-        async with self._slots:
+    async def _attempt(
+        self, endpoint: Endpoint, prepared: PreparedImage, started: float, attempts: _Attempts
+    ) -> tuple[bytes, httpx.Headers]:
+        """One attempt: a credit reservation, a slot, a token, then the exchange."""
+        async with self._ledger.reserve() as reservation, self._slots:
             self._ledger.check_halted()
+            self._circuit.check()
             await self._limiter.acquire()
             self._ledger.check_halted()
+            probe = self._circuit.before_request()
             now = anyio.current_time()
             counters = self._counters
+            if attempts.count:
+                counters.retries += 1
+            attempts.count += 1
             counters.attempts += 1
             if counters.first_attempt_at is None:
                 counters.first_attempt_at = now
             counters.last_attempt_at = now
+            deadline = self.retry.attempt_deadline(started, now)
             try:
-                response = await self._http.post(
-                    endpoint.path,
-                    files={
-                        endpoint.field: (prepared.filename, prepared.data, prepared.content_type)
-                    },
-                    headers={"x-api-key": self._key.reveal(), "accept": endpoint.accept},
+                status, headers, body = await self._exchange(
+                    endpoint, prepared, reservation, deadline
                 )
-            # The httpx exception is not chained: its message and its request's headers are not
-            # ours to vet, and a chained exception is printed with every traceback.
-            except httpx.TimeoutException as exc:
-                counters.connection_errors += 1
-                raise APITimeoutError(
-                    self._scrub(f"timed out: {type(exc).__name__}: {exc}")
-                ) from None
-            except httpx.TransportError as exc:
-                counters.connection_errors += 1
-                raise APIConnectionError(
-                    self._scrub(f"connection failed: {type(exc).__name__}: {exc}")
-                ) from None
-        counters.statuses[response.status_code] = counters.statuses.get(response.status_code, 0) + 1
-        if response.status_code == 200:
-            self._check_image(response)
+            finally:
+                if probe:
+                    self._circuit.probe_done()
+        counters.statuses[status] = counters.statuses.get(status, 0) + 1
+        if status == 200:
+            self._check_image(headers, body)
             counters.successes += 1
             self._rate_limit_streak = 0
-            return response
-        await self._handle_error(response)
+            return body, headers
+        await self._handle_error(status, headers, body)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key.reveal(), "***")
+    async def _exchange(
+        self,
+        endpoint: Endpoint,
+        prepared: PreparedImage,
+        reservation: Reservation,
+        deadline: float,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Send the request; settle the reservation from the answer's headers, then read the
+        body, all within ``deadline`` seconds.
 
-    def _check_image(self, response: httpx.Response) -> None:
-        ctype = response.headers.get("content-type", "")
+        Errors are raised outside the ``except`` blocks that catch httpx's: an httpx exception
+        holds the request, whose headers hold the key, and must not become the ``__context__``
+        of anything the user sees.
+        """
+        request = self._http.build_request(
+            "POST",
+            endpoint.path,
+            files={endpoint.field: (prepared.filename, prepared.data, prepared.content_type)},
+            headers={"x-api-key": self._key.reveal(), "accept": endpoint.accept},
+        )
+        failure: APIConnectionError
+        maybe_charged = True  # did the whole request possibly reach the server?
+        answered = False
+        try:
+            with anyio.fail_after(deadline):
+                response = await self._http.send(request, stream=True)
+                try:
+                    answered = True
+                    self._circuit.connected()
+                    reservation.answered(response.status_code, response.headers)
+                    cap = None if response.status_code == 200 else _MAX_ERROR_BODY
+                    body = await _read_body(response, cap)
+                finally:
+                    await response.aclose()
+                return response.status_code, response.headers, body
+        except TimeoutError:
+            failure = APITimeoutError(
+                f"no complete answer from {self._circuit.host} within {deadline:.1f}s "
+                "(the attempt's deadline)"
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            detail = _describe_transport_error(exc, self._key.reveal())
+            if self._circuit.connection_failed(detail):
+                failure = self._circuit.open_error()  # this one opened it: stop here
+            else:
+                failure = APIConnectionError(f"cannot connect to {self._circuit.host}: {detail}")
+            maybe_charged = False
+        except (httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout) as exc:
+            # The request never reached the server whole: it cannot have been charged.
+            failure = _translate(exc, self._key.reveal())
+            maybe_charged = False
+        except httpx.TransportError as exc:
+            failure = _translate(exc, self._key.reveal())
+        except BaseException:
+            if not answered:
+                reservation.unanswered()  # cancelled while waiting: it may have been charged
+            raise
+        if maybe_charged and not answered:
+            reservation.unanswered()
+        self._counters.connection_errors += 1
+        raise failure
+
+    def _check_image(self, headers: httpx.Headers, body: bytes) -> None:
+        ctype = headers.get("content-type", "")
         if not ctype.lower().startswith("image/"):
             self._counters.other_errors += 1
             raise UnexpectedResponseError(
                 f"200 OK but the body is {ctype or 'untyped'}, not an image",
                 status_code=200,
-                body=response.content[:4096],
-                headers=response.headers,
+                body=body,
+                headers=headers,
+                secret=self._key.reveal(),
             )
-        problem = _image_body_problem(response.content)
+        problem = _image_body_problem(body)
         if problem is not None:
-            # Most likely cut short on the way (a proxy, a reset): worth another attempt.
+            # Most likely cut short on the way (a proxy, a reset): worth another attempt. It
+            # was charged all the same; the ledger counted it from the headers.
             self._counters.connection_errors += 1
             raise APIConnectionError(f"200 OK but the image body is unusable: {problem}")
 
-    async def _handle_error(self, response: httpx.Response) -> None:
-        error = APIStatusError.from_response(response, secret=self._key.reveal())
-        self._ledger.observe(parse_credit_header(response.headers, "x-remaining-credits"))
+    async def _handle_error(self, status: int, headers: httpx.Headers, body: bytes) -> None:
+        error = APIStatusError.from_parts(status, headers, body, secret=self._key.reveal())
         if isinstance(error, RateLimitError):
             self._counters.rate_limited += 1
             self._rate_limit_streak += 1
             pause = self.retry.rate_limit_pause(self._rate_limit_streak, error.retry_after)
-            logger.warning("429 from the server: every sender pauses %.2fs", pause)
+            logger.info("429 from the server: every sender pauses %.2fs", pause)
             await self._limiter.cooldown(pause)
         elif isinstance(error, ServerError):
             self._counters.server_errors += 1
@@ -465,6 +548,52 @@ class AsyncClient:
         elif isinstance(error, PermissionDeniedError):
             self._ledger.halt(error)
         raise error
+
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+async def _read_body(response: httpx.Response, cap: int | None) -> bytes:
+    """The body, or its first ``cap`` bytes (an error page needs no more)."""
+    if cap is None:
+        return await response.aread()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= cap:
+            break
+    return b"".join(chunks)[:cap]
+
+
+def _describe_transport_error(exc: httpx.TransportError, secret: str) -> str:
+    """httpx's message, and the operating system's reason when httpx hides it underneath
+    ("All connection attempts failed" says less than "Connection refused")."""
+    text = str(exc).strip() or "no detail"
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(8):  # a short chain; never a cycle
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            reason = os.strerror(cause.errno) if cause.errno else str(cause.strerror)
+            if reason not in text:
+                text = f"{text}: {reason}"
+            break
+        cause = cause.__cause__ or cause.__context__
+    return scrub(f"{text} ({type(exc).__name__})", secret)
+
+
+def _translate(exc: httpx.TransportError, secret: str) -> APIConnectionError:
+    detail = _describe_transport_error(exc, secret)
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"timed out: {detail}")
+    return APIConnectionError(f"connection failed: {detail}")
+
+
+def _host_label(url: httpx.URL) -> str:
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.host}{port}"
 
 
 def _image_body_problem(body: bytes) -> str | None:

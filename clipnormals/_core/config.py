@@ -35,12 +35,21 @@ def resolve_api_key(api_key: str | None, *, env_var: str = API_KEY_ENV) -> str:
             f"no API key: pass api_key=... or set the {env_var} environment variable",
             status_code=401,
         )
-    if any(ch in key for ch in "\r\n\0"):
-        # A key with control characters would be rejected by httpx with a message quoting it.
+    key = key.strip()
+    bad = [ch for ch in key if not "!" <= ch <= "~"]
+    if bad:
+        # httpx would refuse it later with an error that quotes the whole key. Say what is wrong
+        # without showing the key, or even the character (it may be part of the secret).
+        kinds = sorted(
+            {"a space" if ch == " " else "a control character" if ch < " " else "a non-ASCII one"
+             for ch in bad}
+        )  # fmt: skip
         raise AuthenticationError(
-            "the API key contains control characters (a stray newline?)", status_code=401
+            f"the API key may hold only visible ASCII characters; it has {' and '.join(kinds)} "
+            f"({len(bad)} in all; pasted from a document?)",
+            status_code=401,
         )
-    return key.strip()
+    return key
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -51,9 +60,16 @@ def resolve_base_url(base_url: str | None) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and for addresses in 127.0.0.0/8 or ``::1``."""
+    """True for ``localhost`` and for literal addresses in 127.0.0.0/8 or ``::1``.
+
+    Names under ``.localhost`` do not count: what they resolve to is up to the resolver.
+
+    Example:
+        >>> [is_loopback_host(h) for h in ("127.0.0.2", "[::1]", "localhost", "a.localhost")]
+        [True, True, True, False]
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

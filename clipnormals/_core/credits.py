@@ -1,17 +1,29 @@
 """The credit ledger: never send a request the account cannot pay for, or the user did not allow.
 
-Remaining credits come from ``x-remaining-credits`` on every response. Until the first response
-tells the balance, one request at a time is in flight (the probe). Each request in flight
-reserves credits (one call's cost, the largest ``x-credits-consumed`` seen, 1 until told); a
-success commits what the server says it consumed, a failure releases the reservation.
+The server charges when it answers (docs/api-contract.md): a 200 has been paid for the moment
+its status line and headers leave the server, whether or not its body arrives. So the ledger
+learns from the *headers* of every answer, before the body is read:
 
-A request is not sent when ``remaining - reserved - cost < reserve`` or when the budget would be
-exceeded; while other requests are in flight and might still fail and give their reservation
-back, it waits for them instead of giving up too early. When the server reports the balance,
-this makes a 402 impossible for a single client.
+- an answer costs what its ``x-credits-consumed`` says; without that header, a 200 from the API
+  (an image, or one that reports ``x-remaining-credits``) costs one call (the largest cost seen,
+  1 until told), and anything else costs nothing (errors, a proxy's page). A body lost after the
+  headers (cut off, or its reader cancelled) changes nothing: it was paid for;
+- an attempt that got **no answer** after its request went out (a read timeout, a reset, a
+  cancellation while waiting) may or may not have been charged. It is counted as ``uncertain``:
+  against the budget for good (the budget caps what the server may have charged), and against
+  the balance until a balance reported by a later attempt includes it.
 
-Responses can arrive out of order: a slow response may carry a balance older than one already
-seen. Without top-ups the balance only falls, so the lowest report is the newest; a higher one is
+Each attempt reserves one call's cost before it is sent, and settles it with what its answer
+said. A request is not sent when ``remaining - reserved - uncertain - cost < reserve`` or when
+``consumed + uncertain + reserved + cost > budget``; while other attempts are in flight and
+might give their reservation back, it waits for them instead of giving up too early. A retry of
+a charged attempt needs a reservation of its own, so the budget caps retries too. When the
+server reports the balance, a 402 cannot happen for a single client.
+
+Until the first answer tells the balance, one attempt at a time is in flight (the probe).
+
+Answers can arrive out of order: a slow one may carry a balance older than one already seen.
+Without top-ups the balance only falls, so the lowest report is the newest; a higher one is
 believed only when no reordering can explain it (a top-up), so a stale header never lets the
 client overspend.
 """
@@ -41,7 +53,9 @@ class CreditPolicy:
     Args:
         reserve: credits to leave untouched on the account; requests stop when sending one more
             could take the balance below this.
-        budget: the most credits this client may consume in all (``None``: no budget).
+        budget: the most credits this client may spend in all, charges the server may have made
+            without answering included (``None``: no budget). A hard cap: the server never
+            charges this client more.
 
     Example:
         >>> CreditPolicy(reserve=10, budget=500).budget
@@ -59,7 +73,14 @@ class CreditPolicy:
 
 
 def parse_credit_header(headers: Mapping[str, str], name: str) -> int | None:
-    """An integer credit header, or ``None`` when absent or not a plain non-negative number."""
+    """An integer credit header, or ``None`` when absent or not a plain non-negative number.
+
+    Example:
+        >>> parse_credit_header({"x-remaining-credits": " 42 "}, "x-remaining-credits")
+        42
+        >>> parse_credit_header({"x-remaining-credits": "-1"}, "x-remaining-credits") is None
+        True
+    """
     raw = headers.get(name)
     if raw is None:
         return None
@@ -78,42 +99,98 @@ def parse_credit_header(headers: Mapping[str, str], name: str) -> int | None:
 
 
 class Reservation:
-    """Credits held for one request in flight; see :meth:`CreditLedger.reserve`."""
+    """Credits held for one attempt in flight; see :meth:`CreditLedger.reserve`.
 
-    __slots__ = ("_ledger", "_settled", "amount", "consumed_at_start", "probe")
+    Settle it once, with what happened: :meth:`answered` (the headers of an answer arrived),
+    :meth:`unanswered` (the request went out and no answer came), or nothing at all (the
+    request never left: the reservation is released).
+    """
+
+    __slots__ = (
+        "_ledger",
+        "_settled",
+        "amount",
+        "consumed_at_start",
+        "probe",
+        "uncertain_at_start",
+        "uncertain_epoch",
+    )
 
     def __init__(self, ledger: CreditLedger, amount: int, *, probe: bool) -> None:
         self._ledger = ledger
         self.amount = amount
         self.probe = probe
         self.consumed_at_start = ledger.consumed
+        self.uncertain_at_start = ledger.uncertain
+        self.uncertain_epoch = ledger._uncertain_epoch
         self._settled = False
 
-    def commit(self, consumed: int | None, remaining: int | None) -> None:
-        """The request succeeded; record what it cost and the balance the server reported."""
-        if not self._settled:
-            self._settled = True
-            self._ledger._settle(self, consumed=consumed, remaining=remaining, success=True)
+    @property
+    def settled(self) -> bool:
+        """True once the attempt's outcome was recorded."""
+        return self._settled
 
-    def release(self, remaining: int | None = None) -> None:
-        """The request failed (it cost nothing); give the reservation back."""
+    def answered(self, status: int, headers: Mapping[str, str]) -> int:
+        """The answer's status line and headers arrived; returns the credits it cost.
+
+        The cost is ``x-credits-consumed``; without it, one call's cost for a 200 from the API
+        and nothing otherwise. Called before the body is read, so a body lost later is still
+        counted.
+        """
+        consumed = parse_credit_header(headers, "x-credits-consumed")
+        remaining = parse_credit_header(headers, "x-remaining-credits")
+        if consumed is not None:
+            spent = consumed
+        elif status == 200 and (
+            remaining is not None or headers.get("content-type", "").startswith("image/")
+        ):
+            spent = self.amount  # the API's answer, from a version that does not say the cost
+        else:
+            spent = 0  # an error, or a 200 that is not the API's (a proxy's page)
+        self._settle(spent=spent, consumed_header=consumed, remaining=remaining, answered=True)
+        return spent
+
+    def unanswered(self) -> None:
+        """The request went out and no answer came: it may have been charged."""
+        self._settle(spent=0, consumed_header=None, remaining=None, answered=False)
+
+    def release(self) -> None:
+        """The request never reached the server: give the reservation back."""
         if not self._settled:
             self._settled = True
-            self._ledger._settle(self, consumed=None, remaining=remaining, success=False)
+            self._ledger._release(self)
+
+    def _settle(
+        self, *, spent: int, consumed_header: int | None, remaining: int | None, answered: bool
+    ) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._ledger._settle(
+            self,
+            spent=spent,
+            consumed_header=consumed_header,
+            remaining=remaining,
+            answered=answered,
+        )
 
 
 class CreditLedger:
     """Live accounting of one client's credits.
 
     Attributes (read them at any time):
-        remaining: the balance as last reported (corrected for reordering), ``None`` until known.
-        consumed: credits this client has spent.
-        reserved: credits held by requests in flight.
+        remaining: the balance as last reported (corrected for reordering and for charges
+            seen since), ``None`` until known.
+        consumed: credits the server said it charged this client (from the answers' headers).
+        reserved: credits held by attempts in flight.
+        uncertain: attempts that went out and got no answer, so may have been charged (their
+            cost, in credits). Counted against the budget for good.
+        unit: the cost of one call: the largest ``x-credits-consumed`` seen, 1 until told.
 
     Example:
         >>> ledger = CreditLedger(CreditPolicy(budget=2))
-        >>> ledger.remaining is None, ledger.consumed, ledger.reserved
-        (True, 0, 0)
+        >>> ledger.remaining is None, ledger.consumed, ledger.reserved, ledger.uncertain
+        (True, 0, 0, 0)
     """
 
     __slots__ = (
@@ -121,10 +198,13 @@ class CreditLedger:
         "_halted",
         "_probing",
         "_reported",
+        "_uncertain_epoch",
+        "_unreported",
         "consumed",
         "policy",
         "remaining",
         "reserved",
+        "uncertain",
         "unit",
     )
 
@@ -133,34 +213,20 @@ class CreditLedger:
         self.remaining: int | None = None
         self.consumed = 0
         self.reserved = 0
+        self.uncertain = 0
         self.unit = 1
         self._reported: bool | None = None  # does the server report the balance? None: unknown
         self._probing = False
         self._halted: InsufficientCreditsError | PermissionDeniedError | None = None
+        self._uncertain_epoch = 0  # bumped by every unanswered attempt
+        self._unreported = 0  # uncertain credits no balance report has covered yet
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
         return (
             f"CreditLedger(remaining={self.remaining}, consumed={self.consumed}, "
-            f"reserved={self.reserved})"
+            f"reserved={self.reserved}, uncertain={self.uncertain})"
         )
-
-    @property
-    def budget_left(self) -> int | None:
-        """Credits the budget still allows, counting reservations; ``None`` without a budget."""
-        if self.policy.budget is None:
-            return None
-        return max(0, self.policy.budget - self.consumed - self.reserved)
-
-    @property
-    def available(self) -> int | None:
-        """Credits that may still be committed to new requests, or ``None`` when unbounded."""
-        limits = []
-        if self.remaining is not None:
-            limits.append(self.remaining - self.reserved - self.policy.reserve)
-        if self.policy.budget is not None:
-            limits.append(self.policy.budget - self.consumed - self.reserved)
-        return max(0, min(limits)) if limits else None
 
     @property
     def halted(self) -> bool:
@@ -173,7 +239,13 @@ class CreditLedger:
             raise _halted_error(self._halted)
 
     def check(self) -> None:
-        """Raise now when no request could ever be sent (halted, or credits gone for good)."""
+        """Raise now when no request could ever be sent (halted, or credits gone for good).
+
+        Raises:
+            ClientHaltedError: a 402 or 403 halted the client.
+            CreditBudgetError: the reserve or the budget is reached and nothing in flight could
+                give credits back.
+        """
         self.check_halted()
         if self.reserved == 0 and (reason := self._refusal()) is not None:
             raise CreditBudgetError(reason)
@@ -197,10 +269,11 @@ class CreditLedger:
 
     @asynccontextmanager
     async def reserve(self) -> AsyncIterator[Reservation]:
-        """Hold credits for one request; release them unless the body commits.
+        """Hold one call's cost for one attempt; released on exit unless settled.
 
-        Raises CreditBudgetError (nothing sent) when the request may not be sent, or the
-        halting error when the client was halted.
+        Raises:
+            CreditBudgetError: the attempt may not be sent (reserve or budget); nothing sent.
+            ClientHaltedError: a 402 or 403 halted the client.
         """
         reservation = await self._acquire()
         try:
@@ -227,10 +300,13 @@ class CreditLedger:
     def _refusal(self) -> str | None:
         cost = self.unit
         budget = self.policy.budget
-        if budget is not None and self.consumed + self.reserved + cost > budget:
-            return f"credit budget reached: {self.consumed} of {budget} credits consumed"
+        if budget is not None and self.consumed + self.uncertain + self.reserved + cost > budget:
+            spent = f"{self.consumed} of {budget} credits consumed"
+            if self.uncertain:
+                spent += f", {self.uncertain} more possibly charged (requests left unanswered)"
+            return f"credit budget reached: {spent}"
         if self.remaining is not None:
-            after = self.remaining - self.reserved - cost
+            after = self.remaining - self.reserved - self._unreported - cost
             if after < self.policy.reserve:
                 return (
                     f"credit reserve reached: {self.remaining} credits left, "
@@ -238,33 +314,48 @@ class CreditLedger:
                 )
         return None
 
-    def observe(self, remaining: int | None) -> None:
-        """Take in a balance reported by a response that spent nothing (an error)."""
-        self._update_remaining(remaining, spent=0, in_between=self.reserved)
+    def _release(self, reservation: Reservation) -> None:
+        self.reserved -= reservation.amount
+        if reservation.probe:
+            self._probing = False
         self._notify()
 
     def _settle(
         self,
         reservation: Reservation,
         *,
-        consumed: int | None,
+        spent: int,
+        consumed_header: int | None,
         remaining: int | None,
-        success: bool,
+        answered: bool,
     ) -> None:
         self.reserved -= reservation.amount
         if reservation.probe:
             self._probing = False
-        # Charges the server may have made between this request's charge and the newest balance
-        # already seen: those of requests that finished meanwhile, and of those still in flight.
-        in_between = self.consumed - reservation.consumed_at_start + self.reserved
-        spent = 0
-        if success:
-            spent = consumed if consumed is not None else reservation.amount
-            self.consumed += spent
-            if consumed is not None and consumed > self.unit:
-                self.unit = consumed
-            if self._reported is None:
-                self._reported = remaining is not None
+        if not answered:
+            self.uncertain += reservation.amount
+            self._unreported += reservation.amount
+            self._uncertain_epoch += 1
+            self._notify()
+            return
+        # Charges the server may have made between this attempt's charge and the newest balance
+        # already seen: those of attempts that finished meanwhile, those still in flight, and
+        # those left unanswered meanwhile.
+        in_between = (
+            self.consumed
+            - reservation.consumed_at_start
+            + self.reserved
+            + self.uncertain
+            - reservation.uncertain_at_start
+        )
+        self.consumed += spent
+        if consumed_header is not None and consumed_header > self.unit:
+            self.unit = consumed_header
+        if spent and self._reported is None:
+            self._reported = remaining is not None
+        if remaining is not None and reservation.uncertain_epoch == self._uncertain_epoch:
+            # Sent after every unanswered attempt ended: the balance includes their charges.
+            self._unreported = 0
         self._update_remaining(remaining, spent=spent, in_between=in_between)
         self._notify()
 

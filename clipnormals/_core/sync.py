@@ -8,18 +8,23 @@ credit accounting.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .._images.prepare import ImageSource
+from .._errors import ClientClosedError
+from .._images.prepare import ImageSource, PreparedImage, PrepareOptions
 from .._normals.normalmap import NormalMap
 from .client import AsyncClient
-from .credits import CreditLedger
+from .credits import CreditLedger, CreditPolicy
+from .limiter import Limiter, RateLimit
 from .map import MapIterator
 from .results import ClientStats, MapItem
+from .retry import RetryPolicy
 
 __all__ = ["Client"]
 
@@ -27,7 +32,16 @@ S = TypeVar("S")
 
 
 class Client:
-    """Blocking client for scripts and notebooks; takes the same arguments as AsyncClient.
+    """Blocking client for scripts and notebooks: an :class:`AsyncClient` on an event loop of its
+    own, in a background thread. Same arguments, same behaviour, same errors.
+
+    One client per process: after ``os.fork()`` the child gets :class:`ClientClosedError` (the
+    loop thread stayed with the parent) and must create its own. In a Jupyter notebook the
+    kernel already runs an event loop: use ``AsyncClient`` with top-level ``await`` there, so
+    the kernel's other tasks keep running while the client works.
+
+    A :class:`Limiter` given here belongs to this client, since its connections live on the
+    client's loop: :meth:`close` closes it (it must not be shared with another client).
 
     Example:
         >>> with Client() as client:  # key from CLIPDROP_API_KEY
@@ -37,7 +51,39 @@ class Client:
         ((512, 512, 3), ['a.jpg', 'b.jpg'])
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        rate_limit: RateLimit | None = None,
+        max_concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        credits: CreditPolicy | None = None,
+        timeout: float | httpx.Timeout = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limiter: Limiter | None = None,
+        prepare: PrepareOptions | None = None,
+        flip_x: bool = False,
+        flip_y: bool = False,
+    ) -> None:
+        self._closed = True  # until fully built: repr and close work on a half-built client
+        self._pid = os.getpid()
+        self._limiter = limiter
+        options: dict[str, Any] = {
+            "api_key": api_key,
+            "base_url": base_url,
+            "rate_limit": rate_limit,
+            "max_concurrency": max_concurrency,
+            "retry": retry,
+            "credits": credits,
+            "timeout": timeout,
+            "transport": transport,
+            "limiter": limiter,
+            "prepare": prepare,
+            "flip_x": flip_x,
+            "flip_y": flip_y,
+        }
         self._portal_cm = start_blocking_portal("asyncio")
         self._portal: BlockingPortal = self._portal_cm.__enter__()
         try:
@@ -48,7 +94,11 @@ class Client:
         self._closed = False
 
     def __repr__(self) -> str:
-        return repr(self._async).replace("AsyncClient(", "Client(", 1)
+        inner = getattr(self, "_async", None)
+        if inner is None:
+            return "Client(<not built>)"
+        state = ", closed" if self._closed else ""
+        return repr(inner).replace("AsyncClient(", "Client(", 1)[:-1] + state + ")"
 
     def __enter__(self) -> Self:
         return self
@@ -62,14 +112,37 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the client and stop its event-loop thread."""
+        """Close the client (and the limiter given to it) and stop its event-loop thread.
+
+        Idempotent; in a forked child it only marks the client closed.
+        """
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            return  # the loop thread is in the parent; nothing here to stop
         try:
-            self._portal.call(self._async.aclose)
+            self._portal.call(self._aclose)
         finally:
             self._portal_cm.__exit__(None, None, None)
+
+    async def _aclose(self) -> None:
+        try:
+            await self._async.aclose()
+        finally:
+            closer = getattr(self._limiter, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    def _check(self) -> None:
+        if self._pid != os.getpid():
+            raise ClientClosedError(
+                f"this client was created in process {self._pid}, and this is process "
+                f"{os.getpid()} (a fork): its event-loop thread stayed with the parent. Create "
+                "one client per process, after the fork"
+            )
+        if self._closed:
+            raise ClientClosedError("the client is closed")
 
     @property
     def credits(self) -> CreditLedger:
@@ -87,26 +160,41 @@ class Client:
         return self._async.halted
 
     def surface_normals(self, image: ImageSource, *, name: str | None = None) -> NormalMap:
-        """Blocking :meth:`AsyncClient.surface_normals`."""
+        """Blocking :meth:`AsyncClient.surface_normals` (same errors)."""
+        self._check()
         return self._portal.call(lambda: self._async.surface_normals(image, name=name))
 
-    def map(self, images: Iterable[S], *, prefetch: int | None = None) -> Iterator[MapItem[S]]:
+    def prepare(self, image: ImageSource, *, name: str | None = None) -> PreparedImage:
+        """Blocking :meth:`AsyncClient.prepare`."""
+        self._check()
+        return self._portal.call(lambda: self._async.prepare(image, name=name))
+
+    def map(
+        self,
+        images: Iterable[S],
+        *,
+        image: Callable[[S], ImageSource] | None = None,
+        prefetch: int | None = None,
+    ) -> Iterator[MapItem[S]]:
         """Blocking :meth:`AsyncClient.map`: yields items in completion order.
 
         Leaving the loop early cancels the images still in progress.
         """
+        self._check()
         iterator: MapIterator[S] = self._portal.call(
-            lambda: _open_map(self._async, images, prefetch)
+            lambda: _open_map(self._async, images, image, prefetch)
         )
         try:
             while True:
+                self._check()
                 try:
                     yield self._portal.call(iterator.__anext__)
                 except StopAsyncIteration:
                     return
         finally:
-            with contextlib.suppress(RuntimeError):  # the portal may already be gone
-                self._portal.call(iterator.aclose)
+            if not self._closed and self._pid == os.getpid():
+                with contextlib.suppress(RuntimeError):  # the portal may already be gone
+                    self._portal.call(iterator.aclose)
 
 
 async def _make_client(options: dict[str, Any]) -> AsyncClient:
@@ -115,6 +203,9 @@ async def _make_client(options: dict[str, Any]) -> AsyncClient:
 
 
 async def _open_map(
-    client: AsyncClient, images: Iterable[S], prefetch: int | None
+    client: AsyncClient,
+    images: Iterable[S],
+    image: Callable[[S], ImageSource] | None,
+    prefetch: int | None,
 ) -> MapIterator[S]:
-    return client.map(images, prefetch=prefetch)
+    return client.map(images, image=image, prefetch=prefetch)

@@ -52,8 +52,10 @@ Only this module imports redis (the ``redis`` extra); users import it from ``cli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import os
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -61,7 +63,7 @@ import anyio
 import anyio.lowlevel
 
 from .._core.limiter import RateLimit
-from .._errors import ClipnormalsError
+from .._errors import ClientClosedError, ClipnormalsError
 
 try:
     import redis.asyncio as aioredis
@@ -184,8 +186,10 @@ class RedisLimiter:
         "_emission",
         "_horizon",
         "_keys",
+        "_loop",
         "_name",
         "_owned",
+        "_pid",
         "_redis",
         "_script",
         "_secret",
@@ -213,6 +217,8 @@ class RedisLimiter:
         if redis is not None and url is not None:
             raise ValueError("pass either redis= or url=, not both")
         self.rate_limit = rate_limit
+        self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._name = name
         self._timeout = float(timeout)
         self._owned = redis is None
@@ -258,9 +264,18 @@ class RedisLimiter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection if this limiter opened it (a client passed in is left open)."""
-        if self._owned:
-            await self._redis.aclose()
+        """Close the connection if this limiter opened it (a client passed in is left open).
+
+        In a forked child, or from another event loop, it only lets go of the connections:
+        they belong to the parent, or to a loop that is gone.
+        """
+        if not self._owned:
+            return
+        if self._pid != os.getpid() or (
+            self._loop is not None and self._loop is not asyncio.get_running_loop()
+        ):
+            return
+        await self._redis.aclose()
 
     async def acquire(self) -> None:
         """Wait until one request may start: for the cooldown, then for a slot on the schedule.
@@ -319,8 +334,26 @@ class RedisLimiter:
             except ClipnormalsError as exc:
                 logger.debug("could not give a rate-limit slot back: %s", exc.message)
 
+    def _check_usable(self) -> None:
+        """Its connections belong to one process and one event loop: say so before any I/O."""
+        if self._pid != os.getpid():
+            raise ClientClosedError(
+                f"this RedisLimiter was created in process {self._pid}, and this is process "
+                f"{os.getpid()} (a fork): its connections stayed with the parent. Create one "
+                "limiter per process, after the fork"
+            )
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise ClientClosedError(
+                "this RedisLimiter's connections belong to the event loop it was first used in; "
+                "create one limiter per event loop (with the same name to share the quota)"
+            )
+
     async def _run(self, op: str, *operands: int) -> list[int]:
         """Run one operation of the script; Redis failures become ClipnormalsError."""
+        self._check_usable()
         args: list[str | int] = [op, self._emission, self._tolerance, *operands]
         try:
             with anyio.fail_after(self._timeout):

@@ -29,13 +29,16 @@ async def typed_usage(paths: list[str]) -> None:
             source: str = item.source
             if item.ok:
                 result: clipnormals.NormalMap = item.unwrap()
+                del result
             else:
                 error: clipnormals.ClipnormalsError | None = item.error
+                del error
+            del source
         ledger: clipnormals.CreditLedger = client.credits
         left: int | None = ledger.remaining
         stats: clipnormals.ClientStats = client.stats
         rpm: float | None = stats.requests_per_minute
-    del jpeg, normals, mask, remaining, source, result, error, left, rpm
+    del jpeg, normals, mask, remaining, left, rpm
 
 
 def typed_sync(path: str) -> clipnormals.NormalMap:
@@ -44,3 +47,18 @@ def typed_sync(path: str) -> clipnormals.NormalMap:
             if isinstance(item.error, clipnormals.CreditBudgetError):
                 break
         return client.surface_normals(path)
+
+
+def typed_mistakes() -> None:
+    # Each line must be an error for both type checkers: mypy (warn_unused_ignores, in strict)
+    # and pyright (reportUnnecessaryTypeIgnoreComment) fail if an ignore is not needed.
+    clipnormals.Client(max_concurency=4)  # type: ignore[call-arg]
+    clipnormals.AsyncClient(max_concurency=4)  # type: ignore[call-arg]
+    clipnormals.Client(rate_limit="60/60")  # type: ignore[arg-type]
+
+
+async def typed_tagged_map(jobs: list[tuple[str, bytes]]) -> None:
+    async with clipnormals.AsyncClient() as client, client.map(jobs, image=lambda j: j[1]) as it:
+        async for item in it:
+            tag: str = item.source[0]
+            del tag

@@ -1,0 +1,204 @@
+"""Retries keep their bounds: Retry-After honoured on every retried error, 429s that do not use up
+attempts, and deadlines that hold against a server that trickles its answer."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+import clipnormals
+
+from .fakeapi import KEY, FakeAPI, error, prepared
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend(virtual_time_backend: object) -> object:
+    return virtual_time_backend
+
+
+def _client(api: FakeAPI, **kwargs: object) -> clipnormals.AsyncClient:
+    options: dict[str, object] = {
+        "api_key": KEY,
+        "transport": api.transport(),
+        "rate_limit": clipnormals.RateLimit(requests=6000, per=60.0),
+    }
+    options.update(kwargs)
+    return clipnormals.AsyncClient(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_retry_after_on_a_server_error_is_honoured(status: int) -> None:
+    api = FakeAPI(script=[error(status, "busy", **{"retry-after": "3"})])
+    async with _client(api) as client:
+        await client.surface_normals(prepared())
+    first, second = api.arrivals
+    assert 3.0 <= second - first < 3.1
+
+
+async def test_retry_after_on_a_server_error_is_capped() -> None:
+    api = FakeAPI(script=[error(503, "come back tomorrow", **{"retry-after": "86400"})])
+    policy = clipnormals.RetryPolicy(max_retry_after=5.0)
+    async with _client(api, retry=policy) as client:
+        await client.surface_normals(prepared())
+    first, second = api.arrivals
+    assert 5.0 <= second - first < 5.1
+
+
+async def test_a_retry_after_beyond_the_total_gives_up_at_once() -> None:
+    api = FakeAPI(script=[error(503, "later", **{"retry-after": "100"})])
+    policy = clipnormals.RetryPolicy(total=30.0)
+    async with _client(api, retry=policy) as client:
+        with pytest.raises(clipnormals.ServerError) as info:
+            await client.surface_normals(prepared())
+    assert info.value.retry_after == 100.0
+    assert len(api.arrivals) == 1
+
+
+async def test_a_429_storm_uses_no_attempts() -> None:
+    storm = [error(429, "slow down", **{"retry-after": "1"}) for _ in range(20)]
+    api = FakeAPI(script=storm)
+    async with _client(api, max_concurrency=2) as client:
+        items = [i async for i in client.map([prepared(i) for i in range(2)])]
+    assert [i.ok for i in items] == [True, True]
+    assert api.statuses.count(429) == 20
+    assert client.stats.rate_limited == 20
+
+
+async def test_real_errors_still_use_up_the_attempts() -> None:
+    api = FakeAPI(script=[error(500, "boom")] * 10)
+    async with _client(api, retry=clipnormals.RetryPolicy(attempts=3, initial=0.01)) as client:
+        with pytest.raises(clipnormals.ServerError):
+            await client.surface_normals(prepared())
+    assert len(api.arrivals) == 3
+
+
+async def test_429s_mixed_with_errors_count_only_the_errors() -> None:
+    limited = error(429, "slow down", **{"retry-after": "0.5"})
+    api = FakeAPI(script=[limited, error(500, "a"), limited, limited, error(502, "b")])
+    policy = clipnormals.RetryPolicy(attempts=3, initial=0.01)
+    async with _client(api, retry=policy) as client:
+        await client.surface_normals(prepared())  # 2 errors < 3 attempts: it gets through
+    assert len(api.arrivals) == 6
+
+
+async def test_429s_are_bounded_by_the_total_time() -> None:
+    api = FakeAPI(script=[error(429, "slow down", **{"retry-after": "10"})] * 100)
+    policy = clipnormals.RetryPolicy(total=60.0)
+    async with _client(api, retry=policy) as client:
+        started = anyio.current_time()
+        with pytest.raises(clipnormals.RateLimitError):
+            await client.surface_normals(prepared())
+        assert anyio.current_time() - started <= 61.0
+    assert 5 <= len(api.arrivals) <= 7
+
+
+async def test_an_attempt_deadline_bounds_a_slow_answer_in_process() -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(1000)
+        raise AssertionError("unreachable")
+
+    policy = clipnormals.RetryPolicy(attempt_timeout=5.0, attempts=2, initial=0.01)
+    async with clipnormals.AsyncClient(
+        api_key=KEY, transport=httpx.MockTransport(handle), retry=policy
+    ) as client:
+        started = anyio.current_time()
+        with pytest.raises(clipnormals.APITimeoutError, match="deadline"):
+            await client.surface_normals(prepared())
+        assert 10.0 <= anyio.current_time() - started < 10.5  # two attempts of 5 s
+        assert client.credits.uncertain == 2  # sent, never answered: maybe charged
+
+
+# -- a real server on loopback that trickles its body ------------------------------------------
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    """Headers at once, then one body byte every 0.25 s, for a minute at most."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: 100000\r\n"
+                b"x-credits-consumed: 1\r\n\r\n"
+            )
+            for _ in range(240):
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(b"\xff")
+                except OSError:
+                    return
+                time.sleep(0.25)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_total_bounds_a_trickling_body_on_a_real_socket(trickling_server: str) -> None:
+    policy = clipnormals.RetryPolicy(total=2.0)
+    async with clipnormals.AsyncClient(
+        api_key=KEY, base_url=trickling_server, timeout=1.0, retry=policy
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(clipnormals.APITimeoutError):
+            await client.surface_normals(prepared())
+        elapsed = time.monotonic() - started
+        # The per-read timeout (1 s) never fires: a byte comes every 0.25 s. Only the
+        # deadline ends it, 2 s after the first attempt started (generous for a busy host).
+        assert elapsed < 6.0
+        assert client.credits.consumed == 1  # the headers said it was charged
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_attempt_timeout_bounds_each_attempt_on_a_real_socket(trickling_server: str) -> None:
+    policy = clipnormals.RetryPolicy(attempt_timeout=1.0, attempts=2, initial=0.01, total=60)
+    async with clipnormals.AsyncClient(
+        api_key=KEY, base_url=trickling_server, timeout=5.0, retry=policy
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(clipnormals.APITimeoutError):
+            await client.surface_normals(prepared())
+        assert time.monotonic() - started < 6.0
+        assert client.credits.consumed == 2
