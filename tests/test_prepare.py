@@ -912,3 +912,28 @@ def test_concurrent_calls_agree_and_touch_no_global(astronaut: bytes) -> None:
     after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
     assert after == before
     assert warnings.filters == filters
+
+
+def test_reencode_returns_its_steps_and_leaves_the_callers_image_alone() -> None:
+    from clipnormals._images.reencode import EncodePlan, reencode
+
+    image = noise(40, 20, "RGBA")
+    before = image.tobytes()
+    plan = EncodePlan(
+        label="'x.png'",
+        target=(20, 10),
+        orientation=6,
+        owned=False,
+        lossless_first=False,
+        jpeg_qualities=(95,),
+        max_bytes=30_000_000,
+    )
+    first = reencode(image, plan)
+    second = reencode(image, plan)
+    assert first == second  # a value: nothing accumulates between calls
+    assert (first.format, first.size) == ("JPEG", (10, 20))
+    assert first.changes == ("downscaled", "exif-orientation", "alpha-flattened", "re-encoded")
+    assert image.tobytes() == before
+    assert image.size == (40, 20)
+    with pytest.raises(FrozenInstanceError):
+        plan.max_bytes = 1  # type: ignore[misc]

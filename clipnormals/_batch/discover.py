@@ -1,7 +1,8 @@
 """Finding the images a batch should process.
 
 An input is a file, a folder (walked recursively), or a text file listing paths, one a line.
-Inside a folder, a file is taken when its first bytes are those of an image format Pillow reads,
+Inside a folder, a file is taken when its first bytes are those of an image format that
+preparation accepts (``clipnormals._images.formats`` recognises them, HEIC and AVIF included),
 whatever its name; a file whose name says "image" but whose bytes do not is taken too, so that a
 corrupt ``.jpg`` is reported with a reason instead of vanishing. Everything else in a folder
 (text, sidecars, hidden files) is counted as ignored.
@@ -19,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .._images.formats import sniff
+
 __all__ = [
     "Discovery",
     "InputFile",
@@ -28,23 +31,6 @@ __all__ = [
     "looks_like_image",
     "sniff_image_format",
 ]
-
-# Formats recognised from their first bytes. Pillow reads all of these; the preparation step
-# decides which ones it can send (converting some) and rejects the rest with a reason.
-_MAGIC: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
-    (0, b"\xff\xd8\xff", "JPEG"),
-    (0, b"GIF87a", "GIF"),
-    (0, b"GIF89a", "GIF"),
-    (0, b"BM", "BMP"),
-    (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"),
-    (0, b"\x00\x00\x01\x00", "ICO"),
-    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),
-    (0, b"\xff\x4f\xff\x51", "JPEG2000"),
-    (0, b"qoif", "QOI"),
-)
-_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIF", b"heix": "HEIF", b"mif1": "HEIF"}
 
 # Names that claim to be images: taken from folders even when their bytes say otherwise, so the
 # preparation step can report them as corrupt rather than have them silently skipped.
@@ -56,7 +42,7 @@ IMAGE_SUFFIXES = frozenset(
     }
 )  # fmt: skip
 
-_SNIFF_BYTES = 32
+_SNIFF_BYTES = 64  # enough for every signature, ftyp brands included
 _LIST_MAX_BYTES = 64 * 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
 
@@ -64,22 +50,17 @@ _HASH_CHUNK = 1024 * 1024
 def sniff_image_format(head: bytes) -> str | None:
     """The image format the first bytes of a file announce, or ``None``.
 
+    The one sniffer of the package (``clipnormals._images.formats.sniff``): Pillow's own
+    signature tests, plus HEIF/AVIF by their ``ftyp`` brands whether or not a reader is
+    installed; a RIFF file that is not WEBP (WAVE, AVI) is not an image.
+
     Example:
         >>> sniff_image_format(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8))
         'PNG'
         >>> sniff_image_format(b"hello") is None
         True
     """
-    for offset, magic, name in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[4:8] == b"ftyp":
-        return _FTYP_BRANDS.get(head[8:12])
-    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and head[2:3].isspace():
-        return "PPM"
-    return None
+    return sniff(head)
 
 
 def looks_like_image(path: str | os.PathLike[str]) -> bool:

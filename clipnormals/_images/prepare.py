@@ -3,27 +3,33 @@
 The API takes PNG, JPEG or WEBP, at most 25 megapixels and 30 MB. :func:`prepare_image` accepts
 a path, bytes, a binary file, a PIL image or a numpy array and returns a :class:`PreparedImage`:
 
-- the format is sniffed from the bytes, never from a file name;
+- the format is sniffed from the bytes, never from a file name (``formats``);
 - a PNG, JPEG or WEBP that needs no change is uploaded byte for byte (``changes == ()``);
 - EXIF orientation is applied, so the normals line up with what the user sees, and the uploaded
   bytes carry no orientation tag (a server must not rotate a second time);
 - other formats Pillow reads (TIFF, BMP, GIF, ICO, PPM, ...) and the first frame of animations
-  are converted to PNG;
+  are converted to PNG; lossy photo formats (HEIF/HEIC with the ``heif`` extra, AVIF) follow
+  the rule of JPEG sources and become JPEG at quality 95 by default;
 - above ``max_pixels`` the image is downscaled and above ``max_bytes`` it is re-encoded, unless
   ``strict`` is set, which refuses instead;
-- the image must decode completely: empty, foreign, and truncated data are refused, whatever
-  ``ImageFile.LOAD_TRUNCATED_IMAGES`` says; so are decompression bombs, before decoding.
+- the image must be whole and decode completely: empty, foreign, truncated and zero-filled data
+  are refused (``integrity``), whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says; so are
+  decompression bombs, before decoding.
+
+Each source is decoded once; what happens next is decided once, in a frozen plan
+(``plan``: an ``EncodePlan`` inside a ``Plan`` that keeps what the result reports), and ``reencode``
+returns the steps it took.
 
 These are blocking functions: the async client runs them in a worker thread.
 
 Thread safety: calls share no state. Pillow's globals are read (``MAX_IMAGE_PIXELS``), never
-written, and the warnings filters are left alone: ``warnings.catch_warnings`` swaps process-wide
-state and is not safe while other threads run. So Pillow's own decompression-bomb check still
-happens inside ``Image.open``: its ``DecompressionBombError``, and its
-``DecompressionBombWarning`` when the application turns warnings into errors, become
-:class:`InvalidImageError`; under default filters Pillow prints the warning and the bomb limit
-here refuses the image right after. A PIL image passed in must not be used by another thread
-while it is prepared (loading it reads its file).
+written (but for registering ``pillow-heif`` once, at the first HEIF file: see ``formats``), and
+the warnings filters are left alone: ``warnings.catch_warnings`` swaps process-wide state and is
+not safe while other threads run. So Pillow's own decompression-bomb check still happens inside
+``Image.open``: its ``DecompressionBombError``, and its ``DecompressionBombWarning`` when the
+application turns warnings into errors, become :class:`InvalidImageError`; under default filters
+Pillow prints the warning and the bomb limit here refuses the image right after. A PIL image
+passed in must not be used by another thread while it is prepared (loading it reads its file).
 """
 
 from __future__ import annotations
@@ -31,76 +37,33 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile
 
 from .._errors import InvalidImageError
-from .reencode import fit, oriented_size, reencode
+from .formats import CONTENT_TYPES, canonical_format, describe_unrecognised, sniff
+from .integrity import check_whole, download_hint
+from .orientation import exif_orientation
+from .plan import LOSSY_SOURCES, Plan, PrepareOptions, plan_upload
+from .reencode import fit, reencode
 from .sources import (
     Source,
     array_to_image,
     bomb_limit,
-    canonical_format,
-    exif_orientation,
     load,
     open_image,
     pillow_errors,
     read_file,
     read_path,
-    sniff,
     source_label,
 )
 
 __all__ = ["ImageSource", "PrepareOptions", "PreparedImage", "prepare_image", "sniff_format"]
 
-_CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _EXTENSIONS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "WEBP": (".webp",)}
-
-
-@dataclass(frozen=True, slots=True)
-class PrepareOptions:
-    """How :func:`prepare_image` treats images the API would refuse as they are.
-
-    Attributes:
-        strict: raise :class:`InvalidImageError` instead of downscaling or of re-encoding lossily
-            to meet the limits. Lossless changes (EXIF orientation, conversion to PNG) still
-            happen; a JPEG that must be rotated may become a JPEG at quality 95.
-        max_pixels: the API's limit on width * height.
-        max_bytes: the API's limit on the file size.
-        reencode_jpeg_as: the format for a JPEG that must be re-encoded (rotated, downscaled,
-            or passed as a PIL image). ``"JPEG"``, the default, encodes at quality 95 (lower
-            only to fit ``max_bytes``): an EXIF-rotated 24 MP phone photo becomes about 2.4 MB
-            in 0.05 s, where a PNG is about 16 MB and takes 1.3 s. At the quota's one request
-            a second, keeping pace takes a 2.4 MB/s uplink rather than 16 MB/s, for a small
-            generation loss on a source that was lossy already. ``"PNG"`` is lossless.
-        bomb_pixels: images declaring more pixels are refused before decoding. ``None`` means
-            Pillow's ``Image.MAX_IMAGE_PIXELS`` read at call time (89,478,485 unless the
-            application changed it), or 4 * ``max_pixels`` when the application disabled it.
-            Pillow's own check in ``Image.open`` applies as well.
-
-    Example:
-        >>> PrepareOptions(strict=True, max_pixels=16_000_000).max_bytes
-        30000000
-    """
-
-    strict: bool = False
-    max_pixels: int = 25_000_000
-    max_bytes: int = 30_000_000
-    reencode_jpeg_as: Literal["PNG", "JPEG"] = "JPEG"
-    bomb_pixels: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.reencode_jpeg_as not in ("PNG", "JPEG"):
-            raise ValueError(
-                f"reencode_jpeg_as must be 'PNG' or 'JPEG', got {self.reencode_jpeg_as!r}"
-            )
-        for name in ("max_pixels", "max_bytes", "bomb_pixels"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +196,9 @@ def sniff_format(data: bytes) -> str | None:
     """The image format of ``data`` from its leading bytes, ``None`` when it is not an image.
 
     Returns ``"PNG"``, ``"JPEG"`` (multi-picture JPEGs included), ``"WEBP"``, or another Pillow
-    format name (``"TIFF"``, ``"GIF"``, ``"BMP"``, ...). Nothing is decoded; a format name does
-    not promise that the rest of the file is intact.
+    format name (``"TIFF"``, ``"GIF"``, ``"BMP"``, ..., ``"AVIF"``, and ``"HEIF"`` whether or not
+    the ``heif`` extra is installed). A RIFF file that is not WEBP (WAVE, AVI) is ``None``.
+    Nothing is decoded; a format name does not promise that the rest of the file is intact.
 
     Example:
         >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8)), sniff_format(b"<html>")
@@ -259,30 +223,54 @@ def _prepare_data(
 ) -> PreparedImage:
     if not data:
         raise InvalidImageError(f"{label}: empty input (0 bytes)")
+    sniffed = sniff(data)
+    if sniffed is None:
+        raise InvalidImageError(f"{label}: {describe_unrecognised(data)}")
     digest = hashlib.sha256(data).hexdigest()
+    try:
+        return _prepare_decoded(data, sniffed, digest, source_name, label, options)
+    except InvalidImageError as exc:
+        hint = "" if "zero bytes" in str(exc) else download_hint(data)
+        if not hint:
+            raise
+        raise InvalidImageError(str(exc) + hint) from exc.__cause__
+
+
+def _prepare_decoded(
+    data: bytes,
+    sniffed: str,
+    digest: str,
+    source_name: str | None,
+    label: str,
+    options: PrepareOptions,
+) -> PreparedImage:
     with pillow_errors(label):
         source = Source(data)
         image = open_image(
-            source, label, bomb_limit=bomb_limit(options.bomb_pixels, options.max_pixels)
+            source,
+            label,
+            fmt=sniffed,
+            bomb_limit=bomb_limit(options.bomb_pixels, options.max_pixels),
         )
         try:
-            fmt = canonical_format(image.format) or "unknown"
+            fmt = canonical_format(image.format) or sniffed
             size = image.size
             _too_many_pixels(label, size, options)
             animated = fmt != "JPEG" and bool(getattr(image, "is_animated", False))
             target = fit(size, options.max_pixels)
             orientation = load(image, source, fmt, label, target=target)
-            display = oriented_size(size, orientation)
-            untouched = fmt in _CONTENT_TYPES and orientation == 1 and not animated
+            # after the decode, so that a short file keeps the decoder's own complaint
+            check_whole(data, fmt, image, label)
+            untouched = fmt in CONTENT_TYPES and orientation == 1 and not animated
             if untouched and target is None:
                 if len(data) <= options.max_bytes:
                     return PreparedImage(
                         data=data,
                         format=fmt,
-                        content_type=_CONTENT_TYPES[fmt],
+                        content_type=CONTENT_TYPES[fmt],
                         filename=_filename(source_name, fmt),
-                        size=display,
-                        display_size=display,
+                        size=size,
+                        display_size=size,
                         orientation=1,
                         source_sha256=digest,
                         source_name=source_name,
@@ -293,23 +281,20 @@ def _prepare_data(
                         f"{label}: the file is {len(data):,} bytes, above the limit of "
                         f"{options.max_bytes:,} bytes (strict mode forbids re-encoding)"
                     )
-            changes = [] if fmt in _CONTENT_TYPES else [f"converted-from-{fmt}"]
-            if animated:
-                changes.append("first-frame")
-            return _finish(
-                image,
+            origin = () if fmt in CONTENT_TYPES else (f"converted-from-{fmt}",)
+            plan = plan_upload(
+                options,
                 label=label,
                 source_name=source_name,
-                options=options,
-                display=display,
-                orientation=orientation,
-                target=target,
-                changes=changes,
                 digest=digest,
-                size_only=untouched and target is None,
-                from_jpeg=fmt == "JPEG",
+                size=size,
+                orientation=orientation,
+                origin=(*origin, "first-frame") if animated else origin,
+                lossy_source=fmt in LOSSY_SOURCES,
+                recompress=untouched and target is None,
                 owned=True,
             )
+            return _finish(image, plan)
         finally:
             image.close()
 
@@ -331,62 +316,34 @@ def _prepare_pixels(
                 f"{label}: the image has no pixels ({image.width}x{image.height})"
             )
         _too_many_pixels(label, image.size, options)
-        orientation = exif_orientation(image) if is_file else 1
-        return _finish(
-            image,
+        plan = plan_upload(
+            options,
             label=label,
             source_name=source_name,
-            options=options,
-            display=oriented_size(image.size, orientation),
-            orientation=orientation,
-            target=fit(image.size, options.max_pixels),
-            changes=[origin],
             digest=None,
-            size_only=False,
-            from_jpeg=is_file and image.format in ("JPEG", "MPO"),
+            size=image.size,
+            orientation=exif_orientation(image) if is_file else 1,
+            origin=(origin,),
+            lossy_source=is_file and canonical_format(image.format) in LOSSY_SOURCES,
+            recompress=False,
             owned=owned,
         )
+        return _finish(image, plan)
 
 
-def _finish(
-    image: Image.Image,
-    *,
-    label: str,
-    source_name: str | None,
-    options: PrepareOptions,
-    display: tuple[int, int],
-    orientation: int,
-    target: tuple[int, int] | None,
-    changes: list[str],
-    digest: str | None,
-    size_only: bool,
-    from_jpeg: bool,
-    owned: bool,
-) -> PreparedImage:
-    data, fmt, size = reencode(
-        image,
-        changes,
-        label=label,
-        target=target,
-        orientation=orientation,
-        owned=owned,
-        from_jpeg=from_jpeg,
-        size_only=size_only,
-        jpeg_as=options.reencode_jpeg_as,
-        max_bytes=options.max_bytes,
-        strict=options.strict,
-    )
+def _finish(image: Image.Image, plan: Plan) -> PreparedImage:
+    encoded = reencode(image, plan.encoding)
     return PreparedImage(
-        data=data,
-        format=fmt,
-        content_type=_CONTENT_TYPES[fmt],
-        filename=_filename(source_name, fmt),
-        size=size,
-        display_size=display,
-        orientation=orientation,
-        source_sha256=digest or hashlib.sha256(data).hexdigest(),
-        source_name=source_name,
-        changes=tuple(changes),
+        data=encoded.data,
+        format=encoded.format,
+        content_type=CONTENT_TYPES[encoded.format],
+        filename=_filename(plan.source_name, encoded.format),
+        size=encoded.size,
+        display_size=plan.display,
+        orientation=plan.orientation,
+        source_sha256=plan.digest or hashlib.sha256(encoded.data).hexdigest(),
+        source_name=plan.source_name,
+        changes=plan.origin + encoded.changes,
     )
 
 

@@ -3,8 +3,10 @@
 Everything here either returns what it read or raises :class:`InvalidImageError` naming the
 source (``label``). Decoding refuses truncated data whatever ``ImageFile.LOAD_TRUNCATED_IMAGES``
 says: :class:`Source` notes an empty read while Pillow decodes, which is the same fact Pillow
-reports only while that setting is off. No Pillow global is written and no warnings filter is
-touched, so these functions are safe to call from several threads at once.
+reports only while that setting is off (``integrity`` checks, before the decode, what a short
+read cannot show: files of full length whose end is missing). No Pillow global is written
+(but for the one plugin registration ``formats`` describes) and no warnings filter is touched,
+so these functions are safe to call from several threads at once.
 """
 
 from __future__ import annotations
@@ -21,42 +23,24 @@ import numpy.typing as npt
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .._errors import InvalidImageError
+from .formats import require_reader
+from .orientation import exif_orientation
 
 __all__ = [
     "Source",
     "array_to_image",
     "bomb_limit",
-    "canonical_format",
-    "exif_orientation",
     "load",
     "open_image",
     "pillow_errors",
     "read_file",
     "read_path",
-    "readable_formats",
-    "sniff",
     "source_label",
 ]
 
-_UPLOADED_AS_IS = ("PNG", "JPEG", "WEBP")
-# Only formats with an unambiguous signature: Pillow also reads formats recognised by weak or no
-# magic (TGA, PCX, DIB, XBM, ...), which would let random bytes or a C header pass as an image.
-_READABLE = (
-    "PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP", "ICO", "ICNS", "PPM", "QOI", "PSD",
-    "JPEG2000", "AVIF", "HEIF",
-)  # fmt: skip
 # Formats whose decoders read the file through Pillow's tile loop, where an empty read means the
 # data ended early. JPEG 2000 reads past the end of complete files; ICO decodes a nested copy.
 _EOF_CHECKED = frozenset({"PNG", "JPEG", "GIF", "TIFF", "BMP", "PPM", "QOI"})
-_ORIENTATION_TAG = 0x0112
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
 
 
 # --- paths, files, arrays ---------------------------------------------------------------------
@@ -134,20 +118,6 @@ def array_to_image(array: npt.NDArray[Any], label: str) -> Image.Image:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def readable_formats() -> tuple[str, ...]:
-    """The Pillow formats accepted as input that this Pillow can open."""
-    # Image.open raises KeyError for a format no plugin opens (AVIF without libavif, HEIF until
-    # the application registers pillow-heif), so the list is filtered on every call
-    Image.init()
-    return tuple(fmt for fmt in _READABLE if fmt in Image.OPEN)
-
-
-def canonical_format(fmt: str | None) -> str | None:
-    """Pillow's format name as the upload sees it."""
-    # a JPEG carrying extra pictures (MPF, common from phones) is still a plain JPEG upload
-    return "JPEG" if fmt == "MPO" else fmt
-
-
 @contextmanager
 def pillow_errors(label: str) -> Iterator[None]:
     """Map whatever Pillow raises while reading an image to InvalidImageError."""
@@ -181,25 +151,6 @@ class Source(io.BytesIO):
         return chunk
 
 
-def sniff(data: bytes) -> str | None:
-    """The accepted format ``data`` starts like, ``None`` when none (see ``sniff_format``)."""
-    head = bytes(data[:16])
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if not head:
-        return None
-    try:
-        with Image.open(io.BytesIO(data), formats=readable_formats()) as image:
-            return canonical_format(image.format)
-    except MemoryError:
-        raise
-    except Exception:
-        return None
-
-
 def bomb_limit(bomb_pixels: int | None, max_pixels: int) -> int:
     """The pixel count above which an image is refused unread (see ``PrepareOptions``)."""
     if bomb_pixels is not None:
@@ -209,15 +160,18 @@ def bomb_limit(bomb_pixels: int | None, max_pixels: int) -> int:
     return pillow_limit if pillow_limit is not None else 4 * max_pixels
 
 
-def open_image(source: Source, label: str, *, bomb_limit: int) -> ImageFile.ImageFile:
-    """Pillow's lazy image over ``source``, limited to the accepted formats.
+def open_image(source: Source, label: str, *, fmt: str, bomb_limit: int) -> ImageFile.ImageFile:
+    """Pillow's lazy image over ``source``, opened as ``fmt`` (what ``formats.sniff`` said).
 
     An image declaring more than ``bomb_limit`` pixels is refused here, before any decoding.
     """
+    require_reader(fmt, label)
     try:
-        image = Image.open(source, formats=readable_formats())
+        image = Image.open(source, formats=[fmt])
     except UnidentifiedImageError as exc:
-        raise InvalidImageError(f"{label}: {_unrecognised(source.getvalue())}") from exc
+        raise InvalidImageError(
+            f"{label}: starts like {fmt} but its header cannot be read (truncated or corrupt)"
+        ) from exc
     width, height = image.size
     if width * height > bomb_limit:
         image.close()
@@ -251,27 +205,3 @@ def load(
     if source.ran_out and fmt in _EOF_CHECKED:
         raise InvalidImageError(f"{label}: truncated image data (the file ends early)")
     return orientation if fmt == "JPEG" else exif_orientation(image)
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (2..8) a viewer applies to ``image``, or 1."""
-    try:
-        value = image.getexif().get(_ORIENTATION_TAG, 1)
-    except MemoryError:
-        raise
-    except Exception:
-        # an unreadable EXIF block cannot tell a viewer to rotate either
-        return 1
-    return value if isinstance(value, int) and 2 <= value <= 8 else 1
-
-
-def _unrecognised(data: bytes) -> str:
-    head = data[:512].lstrip()
-    others = ", ".join(fmt for fmt in readable_formats() if fmt not in _UPLOADED_AS_IS)
-    supported = f"{', '.join(_UPLOADED_AS_IS)}, or a format converted to PNG: {others}"
-    if head.startswith(b"<"):
-        return f"not an image: the data looks like HTML or XML (supported: {supported})"
-    text = head.decode("utf-8", errors="replace")
-    if sum(ch.isprintable() or ch.isspace() for ch in text) >= 0.95 * len(text):
-        return f"not an image: the data looks like text (supported: {supported})"
-    return f"not a recognised image format (supported: {supported})"

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from .._atomic import atomic_write_bytes
+from .._images.orientation import upright
 from .relight import DirectionalLight, LightSpec, relight_image
 from .render import preview_image, shaded_image
 from .vectors import resize_field
@@ -133,9 +134,9 @@ def _load_photo(photo: PhotoLike) -> Image.Image:
         image = Image.fromarray(np.asarray(arr, dtype=np.uint8))
     else:
         with Image.open(photo) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
+            return upright(opened).convert("RGB")
     # Show the photo the way viewers (and the upload preparation) orient it.
-    return ImageOps.exif_transpose(image).convert("RGB")
+    return upright(image).convert("RGB")
 
 
 def _cell(picture: Image.Image, tile: int) -> Image.Image:

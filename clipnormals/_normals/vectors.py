@@ -15,10 +15,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from .._images.orientation import EXIF_TO_DISPLAY, inverse
 from .mask import Runs
 
 __all__ = [
-    "EXIF_TO_DISPLAY",
     "NormalConvention",
     "decode_normals",
     "detect_convention",
@@ -33,38 +33,19 @@ _F32 = NDArray[np.float32]
 _Bool = NDArray[np.bool_]
 _CHUNK_ROWS = 32
 
-Transform = Literal["flip_lr", "flip_ud", "rot180", "rot90", "rot270", "transpose", "transverse"]
+Transform = Image.Transpose
 
-#: EXIF orientation -> the transform that turns the stored pixels into what a viewer shows
-#: (the same table as ``PIL.ImageOps.exif_transpose``; rot90 is counter-clockwise).
-EXIF_TO_DISPLAY: dict[int, Transform | None] = {
-    1: None,
-    2: "flip_lr",
-    3: "rot180",
-    4: "flip_ud",
-    5: "transpose",
-    6: "rot270",
-    7: "transverse",
-    8: "rot90",
-}
-_INVERSE: dict[Transform, Transform] = {
-    "flip_lr": "flip_lr",
-    "flip_ud": "flip_ud",
-    "rot180": "rot180",
-    "rot90": "rot270",
-    "rot270": "rot90",
-    "transpose": "transpose",
-    "transverse": "transverse",
-}
-#: How each transform moves a vector's (x, y), with +Y up: new = (sx * old[i], sy * old[j]).
+_T = Image.Transpose
+#: How each transpose moves a vector's (x, y), with +Y up: new = (sx * old[i], sy * old[j]).
+#: Which transpose an EXIF orientation asks for is ``clipnormals._images.orientation``'s table.
 _VECTOR_MAP: dict[Transform, tuple[int, int, float, float]] = {
-    "flip_lr": (0, 1, -1.0, 1.0),
-    "flip_ud": (0, 1, 1.0, -1.0),
-    "rot180": (0, 1, -1.0, -1.0),
-    "rot90": (1, 0, -1.0, 1.0),  # (x, y) -> (-y, x)
-    "rot270": (1, 0, 1.0, -1.0),  # (x, y) -> (y, -x)
-    "transpose": (1, 0, -1.0, -1.0),  # (x, y) -> (-y, -x)
-    "transverse": (1, 0, 1.0, 1.0),  # (x, y) -> (y, x)
+    _T.FLIP_LEFT_RIGHT: (0, 1, -1.0, 1.0),
+    _T.FLIP_TOP_BOTTOM: (0, 1, 1.0, -1.0),
+    _T.ROTATE_180: (0, 1, -1.0, -1.0),
+    _T.ROTATE_90: (1, 0, -1.0, 1.0),  # (x, y) -> (-y, x), counter-clockwise
+    _T.ROTATE_270: (1, 0, 1.0, -1.0),  # (x, y) -> (y, -x)
+    _T.TRANSPOSE: (1, 0, -1.0, -1.0),  # (x, y) -> (-y, -x)
+    _T.TRANSVERSE: (1, 0, 1.0, 1.0),  # (x, y) -> (y, x)
 }
 
 
@@ -219,7 +200,7 @@ def _rim_evidence(channel: NDArray[np.uint8], mask: _Bool) -> tuple[float, float
 
 
 def transform_field(normals: _F32, transform: Transform) -> _F32:
-    """Move the pixels of a normal field and turn its vectors the same way.
+    """Move the pixels of a normal field as ``Image.transpose`` would, and turn its vectors.
 
     The vectors are taken as +X right, +Y up (the frame the flips are there to reach).
     """
@@ -233,19 +214,20 @@ def transform_field(normals: _F32, transform: Transform) -> _F32:
 
 
 def _move(a: NDArray[Any], transform: Transform) -> NDArray[Any]:
-    if transform == "flip_lr":
+    """The numpy view that moves pixels as ``Image.transpose(transform)`` does."""
+    if transform is _T.FLIP_LEFT_RIGHT:
         return a[:, ::-1]
-    if transform == "flip_ud":
+    if transform is _T.FLIP_TOP_BOTTOM:
         return a[::-1]
-    if transform == "rot180":
+    if transform is _T.ROTATE_180:
         return a[::-1, ::-1]
-    if transform == "rot90":
+    if transform is _T.ROTATE_90:
         return np.rot90(a, 1)
-    if transform == "rot270":
+    if transform is _T.ROTATE_270:
         return np.rot90(a, -1)
-    if transform == "transpose":
+    if transform is _T.TRANSPOSE:
         return a.swapaxes(0, 1)
-    return a[::-1, ::-1].swapaxes(0, 1)  # transverse
+    return a[::-1, ::-1].swapaxes(0, 1)  # TRANSVERSE
 
 
 def reorient(
@@ -262,7 +244,7 @@ def reorient(
     if transform is None:
         return normals, mask
     if to == "stored":
-        transform = _INVERSE[transform]
+        transform = inverse(transform)
     field = transform_field(normals, transform)
     return field, np.ascontiguousarray(_move(mask, transform))
 

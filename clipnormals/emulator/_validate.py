@@ -48,6 +48,11 @@ class ImageInfo:
 def sniff_format(data: bytes) -> str | None:
     """The image format the bytes start with, by signature; None when unrecognised.
 
+    Deliberately not the client's sniffer (``clipnormals._images.formats``): the emulator is
+    an independent oracle of the API, so it recognises uploads from its own table of
+    signatures, and a mistake in the client's recognition shows up as a disagreement in the
+    tests instead of being shared by both sides.
+
     Example:
         >>> sniff_format(b"RIFF\\x00\\x00\\x00\\x00WEBPVP8 "), sniff_format(b"hello")
         ('WEBP', None)
