@@ -1,7 +1,9 @@
 """Test your own code against a local emulator of the API: pytest fixtures and plain helpers.
 
-Installed with clipnormals, this module is a pytest plugin (entry point ``pytest11``), so the
-fixtures are there in every test session. A test of your code in three lines::
+Installed with clipnormals, its pytest plugin (entry point ``pytest11`` named ``clipnormals``)
+puts these fixtures in every test session. It imports nothing of clipnormals until a test asks
+for one of them, so a project that never does pays nothing for it at start-up; ``-p
+no:clipnormals`` turns it off. A test of your code in three lines::
 
     @pytest.mark.anyio
     async def test_relight(clipnormals_client):
@@ -40,19 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Mapping
+import importlib.util
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from clipnormals import AsyncClient, RateLimit
-    from clipnormals.emulator import Emulator, EmulatorConfig, RunningServer
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - the helpers work without pytest
-    _HAVE_PYTEST = False
-else:
-    _HAVE_PYTEST = True
+    from clipnormals.emulator import Emulator, EmulatorConfig
 
 __all__ = [
     "TEST_BASE_URL",
@@ -189,73 +185,14 @@ async def emulated(
         yield client, emulator
 
 
-def _configure(
-    base: EmulatorConfig, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> EmulatorConfig:
-    from clipnormals.emulator import EmulatorConfig
-
-    if len(args) > 1 or (args and not isinstance(args[0], EmulatorConfig)):
-        raise TypeError(
-            "clipnormals_emulator takes one EmulatorConfig and/or emulator_config() keywords"
-        )
-    return emulator_config(args[0] if args else base, **kwargs)
-
-
-if _HAVE_PYTEST:
-
-    def pytest_configure(config: pytest.Config) -> None:
-        """Register the markers (the project runs pytest with --strict-markers)."""
-        config.addinivalue_line(
-            "markers",
-            "clipnormals_emulator(config=None, **changes): configure the clipnormals_emulator "
-            "fixture (an EmulatorConfig and/or clipnormals.testing.emulator_config keywords)",
-        )
-        config.addinivalue_line(
-            "markers",
-            "clipnormals_client(**options): AsyncClient arguments for clipnormals_client",
-        )
-
-    @pytest.fixture
-    def clipnormals_emulator_config() -> EmulatorConfig:
-        """The base configuration of ``clipnormals_emulator``: :func:`emulator_config`'s
-        default. Override this fixture in a conftest.py to change it for a whole project."""
-        return emulator_config()
-
-    @pytest.fixture
-    def clipnormals_emulator(
-        request: pytest.FixtureRequest, clipnormals_emulator_config: EmulatorConfig
-    ) -> Emulator:
-        """A fresh emulator: the base configuration, then the ``clipnormals_emulator``
-        marker's changes, then an indirect parameter's (an EmulatorConfig or a dict)."""
-        from clipnormals.emulator import Emulator, EmulatorConfig
-
-        config = clipnormals_emulator_config
-        marker = request.node.get_closest_marker("clipnormals_emulator")
-        if marker is not None:
-            config = _configure(config, marker.args, marker.kwargs)
-        param = getattr(request, "param", None)
-        if isinstance(param, EmulatorConfig):
-            config = param
-        elif isinstance(param, Mapping):
-            config = _configure(config, (), param)
-        elif param is not None:
-            raise TypeError("an indirect clipnormals_emulator parameter must be a config or dict")
-        return Emulator(config)
-
-    @pytest.fixture
-    async def clipnormals_client(
-        request: pytest.FixtureRequest, clipnormals_emulator: Emulator
-    ) -> AsyncIterator[AsyncClient]:
-        """An opened AsyncClient on ``clipnormals_emulator``, closed after the test."""
-        marker = request.node.get_closest_marker("clipnormals_client")
-        options = dict(marker.kwargs) if marker is not None else {}
-        async with client_for(clipnormals_emulator, **options) as client:
-            yield client
-
-    @pytest.fixture
-    def clipnormals_server(clipnormals_emulator: Emulator) -> Iterator[RunningServer]:
-        """``clipnormals_emulator`` served on a loopback port (``.url``) for the test."""
-        from clipnormals.emulator import start_in_thread
-
-        with start_in_thread(clipnormals_emulator) as server:
-            yield server
+if importlib.util.find_spec("pytest") is not None:  # the helpers work without pytest
+    # The plugin lives in the top-level module _clipnormals_pytest, so that pytest can load it
+    # in every project without importing this package (see that module). Re-exported here,
+    # the hooks and fixtures still load with ``-p clipnormals.testing``.
+    from _clipnormals_pytest import (  # noqa: F401
+        clipnormals_client,
+        clipnormals_emulator,
+        clipnormals_emulator_config,
+        clipnormals_server,
+        pytest_configure,
+    )

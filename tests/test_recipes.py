@@ -8,11 +8,13 @@ network or the real API would fail here.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,17 +22,18 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "docs" / "recipes"
+KERNEL = ROOT / "tests" / "notebook_kernel.py"
 
 
-def run_recipe(
-    name: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+def run_python(
+    script: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CLIPDROP_")}
     # The source tree first: CI installs the package, a developer's checkout may not.
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
     clean.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-W", "error", str(RECIPES / name), *args],
+        [sys.executable, "-W", "error", str(script), *args],
         cwd=cwd,
         env=clean,
         capture_output=True,
@@ -38,8 +41,32 @@ def run_recipe(
         timeout=180,
         check=False,
     )
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"{script.name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc
+
+
+def run_recipe(
+    name: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_python(RECIPES / name, *args, cwd=cwd, env=env)
+
+
+def run_notebook(
+    notebook: Path, *, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """Run a percent-format notebook cell by cell on one event loop, as a Jupyter kernel does
+    (tests/notebook_kernel.py); its output and, per cell, the seconds and heartbeat ticks."""
+    report = cwd / "kernel-report.json"
+    proc = run_python(KERNEL, str(notebook), str(report), cwd=cwd, env=env)
+    cells: list[dict[str, Any]] = json.loads(report.read_text())
+    return proc, cells
+
+
+def cell_running(cells: list[dict[str, Any]], code: str) -> dict[str, Any]:
+    (cell,) = [c for c in cells if code in c["source"]]
+    return cell
 
 
 def test_asyncio_worker_survives_faults_and_writes_every_map(tmp_path: Path) -> None:
@@ -67,9 +94,9 @@ def test_web_backend_answers_ok_bad_input_and_empty_account(tmp_path: Path) -> N
 
 
 @pytest.mark.loopback
-def test_notebook_runs_top_to_bottom_and_saves_its_pictures(tmp_path: Path) -> None:
-    proc = run_recipe(
-        "notebook_blocking.py", cwd=tmp_path, env={"CLIPNORMALS_RECIPE_EMULATOR": "1"}
+def test_notebook_runs_cell_by_cell_with_await_and_saves_its_pictures(tmp_path: Path) -> None:
+    proc, cells = run_notebook(
+        RECIPES / "notebook_async.py", cwd=tmp_path, env={"CLIPNORMALS_RECIPE_EMULATOR": "1"}
     )
     assert "astronaut.png ok" in proc.stdout
     assert "camera.png ok" in proc.stdout
@@ -79,6 +106,43 @@ def test_notebook_runs_top_to_bottom_and_saves_its_pictures(tmp_path: Path) -> N
             assert picture.size == (512, 512)
     with Image.open(out / "sheet.png") as sheet:
         assert sheet.width > 4 * 256  # four columns of 256-pixel tiles
+    # Awaited, the map leaves the kernel's loop free while it waits for the quota.
+    mapping = cell_running(cells, "async for item in client.map(")
+    assert mapping["seconds"] > 1.0  # two quota spacings at 60/min: the loop had time to tick
+    assert mapping["ticks"] > 0
+
+
+BLOCKING_NOTEBOOK = """
+# %%
+from pathlib import Path
+
+import clipnormals
+from clipnormals.emulator import EmulatorConfig, start_in_thread
+
+samples = Path(clipnormals.__file__).parent / "samples"
+portraits = [samples / "astronaut.png", samples / "camera.png", samples / "astronaut.png"]
+server = start_in_thread(EmulatorConfig(keys={"notebook": 100}))
+client = clipnormals.Client(api_key="notebook", base_url=server.url)
+
+# %%
+done = [item.ok for item in client.map(portraits)]
+
+# %%
+client.close()
+server.stop()
+print(done)
+"""
+
+
+@pytest.mark.loopback
+def test_the_blocking_client_holds_the_kernels_loop_as_the_recipe_says(tmp_path: Path) -> None:
+    notebook = tmp_path / "blocking.py"
+    notebook.write_text(BLOCKING_NOTEBOOK)
+    proc, cells = run_notebook(notebook, cwd=tmp_path)
+    assert proc.stdout.strip() == "[True, True, True]"
+    mapping = cell_running(cells, "client.map(portraits)")
+    assert mapping["seconds"] > 1.0  # the same quota spacings as the awaited map
+    assert mapping["ticks"] == 0  # not one tick of the kernel's other work meanwhile
 
 
 def test_the_fault_injection_recipes_pass_as_a_downstream_suite() -> None:

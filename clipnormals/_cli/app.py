@@ -49,7 +49,7 @@ app = typer.Typer(
     help="Surface normal maps of portraits from the Clipdrop API: quota-safe, credit-aware, "
     "resumable.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

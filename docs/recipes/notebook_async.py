@@ -1,25 +1,27 @@
-# ruff: noqa: B018 - a cell's last bare expression is what the notebook displays
+# ruff: noqa: B018, F704 - a cell's last bare expression is displayed; cells may await
 # %% [markdown]
-# # Surface normals in a notebook, with the blocking `Client`
+# # Surface normals in a notebook, with `await`
+#
+# Jupyter runs every cell on the kernel's event loop and lets a cell `await` at the top level,
+# so this notebook uses `clipnormals.AsyncClient` directly. While a request waits for the
+# quota or for the server, the loop keeps serving everything else: widgets, progress bars,
+# tasks started in other cells. (The blocking `clipnormals.Client` would hold the loop until
+# the whole call returns.)
 #
 # Cells in the "percent" format: open this file in Jupyter (with jupytext), VS Code or
-# PyCharm and run it cell by cell, or run it whole with `python notebook_blocking.py`.
-# `clipnormals.Client` runs the async client on an event loop of its own, so it works the
-# same inside Jupyter's running loop and in a plain script.
-#
-# It uses the API with the key in `CLIPDROP_API_KEY`; set `CLIPNORMALS_RECIPE_EMULATOR=1`
-# (or pass `--emulator`) to use a local emulator instead: no key, no network, synthetic maps.
+# PyCharm and run it cell by cell. It uses the API with the key in `CLIPDROP_API_KEY`; start
+# Jupyter with `CLIPNORMALS_RECIPE_EMULATOR=1` (or set `EMULATOR = True` below) to use a local
+# emulator instead: no key, no network, synthetic maps.
 
 # %%
 import os
-import sys
 from pathlib import Path
 
 from PIL import Image
 
 import clipnormals
 
-EMULATOR = os.environ.get("CLIPNORMALS_RECIPE_EMULATOR") == "1" or "--emulator" in sys.argv
+EMULATOR = os.environ.get("CLIPNORMALS_RECIPE_EMULATOR") == "1"
 SAMPLES = Path(clipnormals.__file__).parent / "samples"
 OUT = Path("notebook-out")
 OUT.mkdir(exist_ok=True)
@@ -30,17 +32,18 @@ if EMULATOR:
 
     # An emulator on a loopback port, with the real quota (60 a minute) and 100 credits.
     server = start_in_thread(EmulatorConfig(keys={"notebook": 100}))
-    client = clipnormals.Client(api_key="notebook", base_url=server.url)
+    client = clipnormals.AsyncClient(api_key="notebook", base_url=server.url)
 else:
-    client = clipnormals.Client()  # one client for the whole notebook
+    client = clipnormals.AsyncClient()  # one client for the whole notebook
 client
 
 # %% [markdown]
 # One portrait. The map is decoded on first use; `normals` and `mask` are read-only arrays.
 
 # %%
-nm = client.surface_normals(SAMPLES / "astronaut.png")
-print(nm, nm.normals.shape, nm.normals.dtype, f"person: {nm.mask.mean():.0%} of the frame")
+nm = await client.surface_normals(SAMPLES / "astronaut.png")
+person = f"person: {nm.mask.mean():.0%} of the frame"
+print(nm, nm.normals.shape, nm.normals.dtype, person)
 print(client.credits)
 
 # %% [markdown]
@@ -66,22 +69,25 @@ relit.save(OUT / "relit.png")
 relit
 
 # %% [markdown]
-# Many portraits: `map` yields results in completion order, within the quota.
+# Many portraits: `map` yields results in completion order, within the quota. The cell
+# awaits between requests, so the kernel stays responsive while it runs.
 
 # %%
 portraits = sorted(SAMPLES.glob("*.png"))
 maps = {}
-for item in client.map(portraits):
+async for item in client.map(portraits):
     print(item.source.name, "ok" if item.ok else item.error)
     if item.ok:
         maps[item.source.name] = item.unwrap()
 sheet = clipnormals.contact_sheet(
-    [(SAMPLES / name, m) for name, m in maps.items()], names=list(maps), path=OUT / "sheet.png"
+    [(SAMPLES / name, m) for name, m in maps.items()],
+    names=list(maps),
+    path=OUT / "sheet.png",
 )
 sheet
 
 # %%
 print(client.stats)
-client.close()
+await client.aclose()
 if EMULATOR:
     server.stop()
