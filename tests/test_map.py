@@ -44,7 +44,7 @@ async def test_break_from_a_bare_loop_starts_no_new_upload() -> None:
         assert len(api.arrivals) == started
         assert api.charged <= started
         assert client.credits.reserved == 0
-        assert len(client._maps) == 0
+        assert len(client._session.maps) == 0
 
 
 async def test_an_exception_in_the_loop_body_stops_the_uploads() -> None:

@@ -91,6 +91,11 @@ def test_web_backend_answers_ok_bad_input_and_empty_account(tmp_path: Path) -> N
     assert lines[2].startswith("out of credits: 503 ")
     assert "'halted': True" in lines[3]
     assert "402 Payment Required" in proc.stderr  # logged for operations, not shown to users
+    # one span per image the client sent; the text file never reached it
+    assert lines[4:] == [
+        "span: clipnormals surface_normals status=200 attempts=1 error=None",
+        "span: clipnormals surface_normals status=402 attempts=1 error=InsufficientCreditsError",
+    ]
 
 
 @pytest.mark.loopback

@@ -1,100 +1,52 @@
-"""The asynchronous client: one request path shared by every endpoint and by the batch runner.
+"""The asynchronous client: what a user holds, over the request path in ``session``.
 
 Data flow for one image: prepare (worker thread) -> credit reservation -> concurrency slot ->
-limiter token -> HTTP attempt -> (retry: back to the slot) -> commit or release -> NormalMap.
+limiter token -> HTTP attempt -> (retry: back to the reservation) -> NormalMap. The client
+keeps the per-call settings (retry policy, timeouts, preparation, sign conventions); the
+:class:`~clipnormals._core.session.Session` under it keeps everything one API key and one
+connection pool share, so :meth:`AsyncClient.with_options` views share the quota, the credits
+and the connections of the client they come from.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
+import copy
 import logging
-import os
-import weakref
-from collections.abc import AsyncIterable, Callable, Iterable
-from dataclasses import dataclass, replace
+import ssl
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import httpx
-from PIL import Image, UnidentifiedImageError
 
-from .._errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    ClientClosedError,
-    ClipnormalsError,
-    InsufficientCreditsError,
-    InvalidImageError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    UnexpectedResponseError,
-    scrub,
-)
+from .._errors import ClipnormalsError, InvalidImageError, UnexpectedResponseError, scrub
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
 from .._normals.normalmap import NormalMap
-from .._version import __version__
-from .circuit import CircuitBreaker
-from .config import check_base_url, resolve_api_key, resolve_base_url
-from .credits import CreditLedger, CreditPolicy, Reservation, parse_credit_header
+from .config import check_base_url, configure_logging_from_env, resolve_api_key, resolve_base_url
+from .credits import CreditLedger, CreditPolicy, parse_credit_header
+from .http import REQUEST_ID_HEADERS, EventHooks, build_http_client
 from .limiter import Limiter, LocalLimiter, RateLimit
 from .map import MapIterator
-from .results import ClientStats, _Counters
+from .results import ClientStats
 from .retry import RetryPolicy
+from .session import SURFACE_NORMALS, Attempts, Endpoint, Session
 
-__all__ = ["AsyncClient", "Endpoint"]
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["AsyncClient"]
 
 logger = logging.getLogger("clipnormals")
+logger.addHandler(logging.NullHandler())
+configure_logging_from_env(logger)
 
 S = TypeVar("S")
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Endpoint:
-    """One image endpoint of the API: where it lives and what input it takes.
-
-    The siblings of the surface-normals endpoint (depth estimation, background removal, ...)
-    share its contract; describing them here keeps the request path free of any one of them.
-
-    Example:
-        >>> SURFACE_NORMALS.path
-        '/portrait-surface-normals/v1'
-    """
-
-    path: str
-    field: str = "image_file"
-    max_pixels: int = 25_000_000
-    max_bytes: int = 30_000_000
-    accept: str = "image/jpeg"
-
-
-SURFACE_NORMALS = Endpoint(path="/portrait-surface-normals/v1")
-
-
-class _Secret:
-    """Holds the API key; its repr and str never show it (tracebacks with locals included)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
-
-
-@dataclass(slots=True)
-class _Attempts:
-    count: int = 0
+_UNSET: Any = object()
 
 
 class AsyncClient:
@@ -104,24 +56,41 @@ class AsyncClient:
     headers and refuses to send what the account or the budget cannot pay for.
 
     Args:
-        api_key: the key; ``None`` reads ``CLIPDROP_API_KEY``. Missing: AuthenticationError now.
+        api_key: the key; ``None`` reads ``CLIPDROP_API_KEY``. Missing, or holding anything but
+            visible ASCII: :class:`AuthenticationError` now, before any I/O.
         base_url: the API root; ``None`` reads ``CLIPDROP_BASE_URL``, else the public API.
-            Plain ``http://`` is refused except for a loopback host (an emulator).
-        rate_limit: the quota to stay under.
+            Plain ``http://`` is refused except for a literal loopback host (an emulator).
+        rate_limit: the quota to stay under (default 60 requests per 60 s, the API's default).
         max_concurrency: requests in flight at most.
-        retry: the retry policy.
+        retry: the retry policy (attempts, backoff, deadlines, circuit breaker).
         credits: the credit reserve and budget.
-        timeout: seconds for each attempt's connect, write, read (a float or an httpx.Timeout).
-        transport: an httpx async transport (``httpx.MockTransport``, ``httpx.ASGITransport``, ...).
+        timeout: seconds for each network phase of an attempt (connect, write, read, pool),
+            a float or an ``httpx.Timeout``; ``retry.attempt_timeout`` bounds the whole attempt.
+        transport: an httpx async transport (``httpx.MockTransport``, ``httpx.ASGITransport``,
+            ...). httpx ignores proxy environment variables with a custom transport (a warning
+            says so when one is set).
         limiter: a custom :class:`Limiter` (e.g. one shared through Redis); default: in-process.
         prepare: image preparation options (``PrepareOptions(strict=True)`` never downscales).
         flip_x, flip_y: negate the decoded X / Y components of every normal map.
+        http_client: an ``httpx.AsyncClient`` of your own (proxies, certificates, mounts,
+            limits as you set them); it is never closed by this client. Not with
+            ``transport``, ``proxy``, ``verify``, ``default_headers`` or ``event_hooks``.
+        proxy: a proxy URL (or ``httpx.Proxy``) for every request.
+        verify: TLS verification: True, False, a CA bundle path, or an ``ssl.SSLContext``.
+        default_headers: extra headers on every request (the key header cannot be overridden).
+        event_hooks: httpx event hooks, ``{"request": [...], "response": [...]}``. Request hooks
+            see the ``x-api-key`` header: never log it.
+        tracer_provider, meter_provider: OpenTelemetry providers for the client's spans and
+            metrics (the ``otel`` extra); default: the global ones.
 
     Example:
-        >>> async def main() -> None:
-        ...     async with AsyncClient() as client:
+        >>> import asyncio
+        >>> async def main() -> tuple[int, ...]:
+        ...     async with AsyncClient() as client:  # key from CLIPDROP_API_KEY
         ...         nm = await client.surface_normals("portrait.jpg")
-        ...         print(nm.normals.shape, client.credits.remaining)
+        ...         return nm.normals.shape
+        >>> asyncio.run(main())
+        (512, 512, 3)
     """
 
     def __init__(
@@ -139,46 +108,75 @@ class AsyncClient:
         prepare: PrepareOptions | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
+        http_client: httpx.AsyncClient | None = None,
+        proxy: str | httpx.Proxy | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        default_headers: Mapping[str, str] | None = None,
+        event_hooks: EventHooks | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        self._key = _Secret(resolve_api_key(api_key))
-        self._base_url = check_base_url(resolve_base_url(base_url))
+        if http_client is not None:
+            clashing = [
+                name
+                for name, value, default in (
+                    ("transport", transport, None),
+                    ("proxy", proxy, None),
+                    ("verify", verify, True),
+                    ("default_headers", default_headers, None),
+                    ("event_hooks", event_hooks, None),
+                )
+                if value is not default
+            ]
+            if clashing:
+                raise ValueError(
+                    f"http_client= is configured already: set {', '.join(clashing)} on it"
+                )
+        key = resolve_api_key(api_key)
+        base = check_base_url(resolve_base_url(base_url))
         self.rate_limit = rate_limit or RateLimit()
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
-        self._limiter: Limiter = limiter or LocalLimiter(self.rate_limit)
-        self._ledger = CreditLedger(credits or CreditPolicy())
+        self._timeout = _as_timeout(timeout)
         self._prepare = prepare or PrepareOptions()
         self._flip = (flip_x, flip_y)
-        self._slots = anyio.Semaphore(max_concurrency)
-        self._prep_slots = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
-        self._counters = _Counters()
-        self._rate_limit_streak = 0
-        self._circuit = CircuitBreaker(
-            failures=self.retry.circuit_failures,
-            reset=self.retry.circuit_reset,
-            host=_host_label(self._base_url),
-        )
-        self._closed = False
-        self._pid = os.getpid()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._maps: weakref.WeakSet[MapIterator[Any]] = weakref.WeakSet()
-        self._http = httpx.AsyncClient(
-            base_url=self._base_url,
-            transport=transport,
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
-            headers={"user-agent": f"clipnormals/{__version__}"},
-            follow_redirects=False,
+        self._view = False
+        if http_client is None:
+            http = build_http_client(
+                base_url=base,
+                timeout=self._timeout,
+                max_concurrency=max_concurrency,
+                transport=transport,
+                proxy=proxy,
+                verify=verify,
+                default_headers=default_headers,
+                event_hooks=event_hooks,
+            )
+        else:
+            http = http_client
+        self._session = Session(
+            key=key,
+            base_url=base,
+            http=http,
+            owns_http=http_client is None,
+            limiter=limiter or LocalLimiter(self.rate_limit),
+            ledger=CreditLedger(credits or CreditPolicy()),
+            max_concurrency=max_concurrency,
+            retry=self.retry,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
         )
 
     def __repr__(self) -> str:
+        session = getattr(self, "_session", None)
+        if session is None:
+            return "AsyncClient(<not built>)"
+        view = ", view" if self._view else ""
         return (
-            f"AsyncClient(base_url={str(self._base_url)!r}, api_key='***', "
-            f"rate_limit={self.rate_limit!r}, max_concurrency={self.max_concurrency})"
+            f"AsyncClient(base_url={str(session.base_url)!r}, api_key='***', "
+            f"rate_limit={self.rate_limit!r}, max_concurrency={self.max_concurrency}{view})"
         )
 
     async def __aenter__(self) -> Self:
@@ -193,52 +191,100 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop every ``map`` in progress and close the connection pool.
+        """Stop every ``map`` in progress and close the connection pool (not an ``http_client``
+        given to the client, which stays yours). Idempotent.
 
-        Idempotent. Closing from another event loop than the one the client was used in (after
-        that loop ended) only marks the client closed: its connections went with that loop.
+        A view from :meth:`with_options` closes nothing: the client it came from owns what it
+        shares.
         """
-        if self._closed:
-            return
-        self._closed = True
-        if self._pid != os.getpid() or (
-            self._loop is not None and self._loop is not asyncio.get_running_loop()
-        ):
-            return
-        for it in list(self._maps):
-            await it.aclose()
-        await self._http.aclose()
+        if not self._view:
+            await self._session.aclose()
+
+    def with_options(
+        self,
+        *,
+        timeout: float | httpx.Timeout = _UNSET,
+        retry: RetryPolicy = _UNSET,
+        prepare: PrepareOptions = _UNSET,
+        flip_x: bool = _UNSET,
+        flip_y: bool = _UNSET,
+    ) -> AsyncClient:
+        """A view of this client with other per-call settings.
+
+        It shares this client's quota (limiter), credit ledger, concurrency slots, circuit
+        breaker, counters and connection pool: a web backend can give one route a short
+        ``timeout`` and few retries, and another the batch defaults, under one quota. Closing
+        the original closes the view; closing the view closes nothing.
+
+        Example:
+            >>> import asyncio
+            >>> async def main() -> bool:
+            ...     async with AsyncClient() as client:
+            ...         quick = client.with_options(timeout=5.0, retry=RetryPolicy(attempts=2))
+            ...         await quick.surface_normals("portrait.jpg")
+            ...         return quick.credits is client.credits
+            >>> asyncio.run(main())
+            True
+        """
+        view = copy.copy(self)
+        view._view = True
+        if timeout is not _UNSET:
+            view._timeout = _as_timeout(timeout)
+        if retry is not _UNSET:
+            view.retry = retry
+        if prepare is not _UNSET:
+            view._prepare = prepare
+        if flip_x is not _UNSET or flip_y is not _UNSET:
+            view._flip = (
+                self._flip[0] if flip_x is _UNSET else flip_x,
+                self._flip[1] if flip_y is _UNSET else flip_y,
+            )
+        return view
 
     @property
     def credits(self) -> CreditLedger:
-        """The live credit ledger: ``remaining``, ``consumed``, ``reserved``."""
-        return self._ledger
+        """The live credit ledger: ``remaining``, ``consumed``, ``reserved``, ``uncertain``."""
+        return self._session.ledger
 
     @property
     def stats(self) -> ClientStats:
-        """A snapshot of the requests made so far."""
-        return self._counters.snapshot()
+        """A snapshot of the requests made so far (by this client and its views)."""
+        return self._session.counters.snapshot()
 
     @property
     def halted(self) -> bool:
         """True after a 402 or 403: every later call fails without I/O."""
-        return self._ledger.halted
+        return self._session.ledger.halted
 
-    async def surface_normals(self, image: ImageSource, *, name: str | None = None) -> NormalMap:
+    async def surface_normals(
+        self,
+        image: ImageSource,
+        *,
+        name: str | None = None,
+        timeout: float | httpx.Timeout | None = None,  # noqa: ASYNC109 - httpx's per-phase timeout
+    ) -> NormalMap:
         """Turn one portrait into a surface-normal map.
 
         Args:
             image: a path, bytes, a binary file object, a PIL image, a numpy array or a
                 :class:`PreparedImage`.
             name: a file name for error messages when ``image`` has none.
+            timeout: for this call only, instead of the client's (seconds per network phase).
+
+        Returns:
+            The :class:`NormalMap`, with the answer's ``headers`` and ``request_id``.
 
         Raises:
             InvalidImageError: rejected before upload; nothing sent, nothing reserved.
             CreditBudgetError: the reserve or budget was reached; nothing sent.
             APIStatusError: the server refused it (after retries, for 429 and 5xx).
-            APIConnectionError: the server could not be reached (after retries).
+            APIConnectionError: the server could not be reached (after retries);
+                CircuitOpenError when the client has stopped trying.
+            ClientClosedError: the client is closed, or belongs to another event loop or
+                process; ClientHaltedError after a 402 or 403.
         """
-        result, _ = await self._run(SURFACE_NORMALS, image, name, _Attempts())
+        call_timeout = None if timeout is None else _as_timeout(timeout)
+        result, _ = await self._run(SURFACE_NORMALS, image, name, Attempts(), call_timeout)
         return result
 
     def map(
@@ -280,14 +326,15 @@ class AsyncClient:
             >>> asyncio.run(main())
             [('first', True), ('second', True)]
         """
-        self._check_open(bind=False)
+        session = self._session
+        session.check_open(bind=False)
         if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must not be negative")
         depth = self.max_concurrency + (self.max_concurrency if prefetch is None else prefetch)
         it: MapIterator[S] = MapIterator(
-            images, depth=depth, run=self._run_item, image=image, on_close=self._maps.discard
+            images, depth=depth, run=self._run_item, image=image, on_close=session.maps.discard
         )
-        self._maps.add(it)
+        session.maps.add(it)
         return it
 
     async def prepare(self, image: ImageSource, *, name: str | None = None) -> PreparedImage:
@@ -310,13 +357,13 @@ class AsyncClient:
             >>> asyncio.run(main())
             ((512, 512), 'image/jpeg')
         """
-        self._check_open()
+        self._session.check_open()
         return await self._prepared(SURFACE_NORMALS, image, name)
 
     async def _run_item(self, image: Any) -> tuple[NormalMap, int] | tuple[ClipnormalsError, int]:
-        attempts = _Attempts()
+        attempts = Attempts()
         try:
-            return await self._run(SURFACE_NORMALS, image, None, attempts)
+            return await self._run(SURFACE_NORMALS, image, None, attempts, None)
         except ClipnormalsError as exc:
             return exc, attempts.count
         except Exception as exc:  # a bug must not sink a batch of thousands
@@ -325,38 +372,26 @@ class AsyncClient:
             error.__cause__ = exc
             return error, attempts.count
 
-    def _check_open(self, *, bind: bool = True) -> None:
-        """Raise ClientClosedError unless this client may send from here; binds it to the
-        running event loop on first use. Called before any I/O."""
-        if self._closed:
-            raise ClientClosedError("the client is closed")
-        if self._pid != os.getpid():
-            raise ClientClosedError(
-                f"this client was created in process {self._pid}, and this is process "
-                f"{os.getpid()} (a fork): its connections and event loop stayed with the parent. "
-                "Create one client per process, after the fork"
-            )
-        if not bind:
-            return
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
-            state = "has ended" if self._loop.is_closed() else "is still running elsewhere"
-            raise ClientClosedError(
-                "this client belongs to the event loop it was first used in, which "
-                f"{state}; nothing was sent. Create the client inside the event loop that "
-                "uses it (for example inside the coroutine given to asyncio.run), one per loop"
-            )
-
     async def _run(
-        self, endpoint: Endpoint, image: ImageSource, name: str | None, attempts: _Attempts
+        self,
+        endpoint: Endpoint,
+        image: ImageSource,
+        name: str | None,
+        attempts: Attempts,
+        http_timeout: httpx.Timeout | None,
     ) -> tuple[NormalMap, int]:
-        self._check_open()
-        self._ledger.check()  # credits gone for good: fail before any Pillow work
-        self._circuit.check()  # the server cannot be reached: likewise
+        session = self._session
+        session.check_open()
+        session.ledger.check()  # credits gone for good: fail before any Pillow work
+        session.circuit.check()  # the server cannot be reached: likewise
         prepared = await self._prepared(endpoint, image, name)
-        body, headers = await self._send_with_retries(endpoint, prepared, attempts)
+        body, headers = await session.send(
+            endpoint,
+            prepared,
+            retry=self.retry,
+            http_timeout=http_timeout if http_timeout is not None else self._timeout,
+            attempts=attempts,
+        )
         try:
             result = NormalMap(
                 body,
@@ -365,13 +400,15 @@ class AsyncClient:
                 prepared=prepared,
                 flip_x=self._flip[0],
                 flip_y=self._flip[1],
+                headers=_answer_headers(headers, session.key.reveal()),
+                request_id=next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None),
             )
         except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
             raise UnexpectedResponseError(
                 f"200 OK but the normal map is unusable: {exc.message}",
                 status_code=200,
                 headers=headers,
-                secret=self._key.reveal(),
+                secret=session.key.reveal(),
             ) from exc
         return result, attempts.count
 
@@ -394,221 +431,23 @@ class AsyncClient:
                 )
             return image
         return await anyio.to_thread.run_sync(
-            partial(prepare_image, image, options=options, name=name), limiter=self._prep_slots
+            partial(prepare_image, image, options=options, name=name),
+            limiter=self._session.prep_slots,
         )
 
-    async def _send_with_retries(
-        self, endpoint: Endpoint, prepared: PreparedImage, attempts: _Attempts
-    ) -> tuple[bytes, httpx.Headers]:
-        started = anyio.current_time()
-        async for attempt in self.retry.retrying(clock=anyio.current_time, started=started):
-            with attempt:
-                return await self._attempt(endpoint, prepared, started, attempts)
-            outcome = attempt.retry_state.outcome
-            exc = outcome.exception() if outcome is not None else None
-            if exc is not None and self.retry.is_retryable(exc):
-                logger.info(
-                    "%s: attempt %d failed (%s)",
-                    prepared.source_name or "image",
-                    attempts.count,
-                    getattr(exc, "message", exc),
-                )
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _attempt(
-        self, endpoint: Endpoint, prepared: PreparedImage, started: float, attempts: _Attempts
-    ) -> tuple[bytes, httpx.Headers]:
-        """One attempt: a credit reservation, a slot, a token, then the exchange."""
-        async with self._ledger.reserve() as reservation, self._slots:
-            self._ledger.check_halted()
-            self._circuit.check()
-            await self._limiter.acquire()
-            self._ledger.check_halted()
-            probe = self._circuit.before_request()
-            now = anyio.current_time()
-            counters = self._counters
-            if attempts.count:
-                counters.retries += 1
-            attempts.count += 1
-            counters.attempts += 1
-            if counters.first_attempt_at is None:
-                counters.first_attempt_at = now
-            counters.last_attempt_at = now
-            deadline = self.retry.attempt_deadline(started, now)
-            try:
-                status, headers, body = await self._exchange(
-                    endpoint, prepared, reservation, deadline
-                )
-            finally:
-                if probe:
-                    self._circuit.probe_done()
-        counters.statuses[status] = counters.statuses.get(status, 0) + 1
-        if status == 200:
-            self._check_image(headers, body)
-            counters.successes += 1
-            self._rate_limit_streak = 0
-            return body, headers
-        await self._handle_error(status, headers, body)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _exchange(
-        self,
-        endpoint: Endpoint,
-        prepared: PreparedImage,
-        reservation: Reservation,
-        deadline: float,
-    ) -> tuple[int, httpx.Headers, bytes]:
-        """Send the request; settle the reservation from the answer's headers, then read the
-        body, all within ``deadline`` seconds.
-
-        Errors are raised outside the ``except`` blocks that catch httpx's: an httpx exception
-        holds the request, whose headers hold the key, and must not become the ``__context__``
-        of anything the user sees.
-        """
-        request = self._http.build_request(
-            "POST",
-            endpoint.path,
-            files={endpoint.field: (prepared.filename, prepared.data, prepared.content_type)},
-            headers={"x-api-key": self._key.reveal(), "accept": endpoint.accept},
-        )
-        failure: APIConnectionError
-        maybe_charged = True  # did the whole request possibly reach the server?
-        answered = False
-        try:
-            with anyio.fail_after(deadline):
-                response = await self._http.send(request, stream=True)
-                try:
-                    answered = True
-                    self._circuit.connected()
-                    reservation.answered(response.status_code, response.headers)
-                    cap = None if response.status_code == 200 else _MAX_ERROR_BODY
-                    body = await _read_body(response, cap)
-                finally:
-                    await response.aclose()
-                return response.status_code, response.headers, body
-        except TimeoutError:
-            failure = APITimeoutError(
-                f"no complete answer from {self._circuit.host} within {deadline:.1f}s "
-                "(the attempt's deadline)"
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-            detail = _describe_transport_error(exc, self._key.reveal())
-            if self._circuit.connection_failed(detail):
-                failure = self._circuit.open_error()  # this one opened it: stop here
-            else:
-                failure = APIConnectionError(f"cannot connect to {self._circuit.host}: {detail}")
-            maybe_charged = False
-        except (httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout) as exc:
-            # The request never reached the server whole: it cannot have been charged.
-            failure = _translate(exc, self._key.reveal())
-            maybe_charged = False
-        except httpx.TransportError as exc:
-            failure = _translate(exc, self._key.reveal())
-        except BaseException:
-            if not answered:
-                reservation.unanswered()  # cancelled while waiting: it may have been charged
-            raise
-        if maybe_charged and not answered:
-            reservation.unanswered()
-        self._counters.connection_errors += 1
-        raise failure
-
-    def _check_image(self, headers: httpx.Headers, body: bytes) -> None:
-        ctype = headers.get("content-type", "")
-        if not ctype.lower().startswith("image/"):
-            self._counters.other_errors += 1
-            raise UnexpectedResponseError(
-                f"200 OK but the body is {ctype or 'untyped'}, not an image",
-                status_code=200,
-                body=body,
-                headers=headers,
-                secret=self._key.reveal(),
-            )
-        problem = _image_body_problem(body)
-        if problem is not None:
-            # Most likely cut short on the way (a proxy, a reset): worth another attempt. It
-            # was charged all the same; the ledger counted it from the headers.
-            self._counters.connection_errors += 1
-            raise APIConnectionError(f"200 OK but the image body is unusable: {problem}")
-
-    async def _handle_error(self, status: int, headers: httpx.Headers, body: bytes) -> None:
-        error = APIStatusError.from_parts(status, headers, body, secret=self._key.reveal())
-        if isinstance(error, RateLimitError):
-            self._counters.rate_limited += 1
-            self._rate_limit_streak += 1
-            pause = self.retry.rate_limit_pause(self._rate_limit_streak, error.retry_after)
-            logger.info("429 from the server: every sender pauses %.2fs", pause)
-            await self._limiter.cooldown(pause)
-        elif isinstance(error, ServerError):
-            self._counters.server_errors += 1
-        else:
-            self._counters.other_errors += 1
-        if isinstance(error, InsufficientCreditsError):
-            self._ledger.halt(error, remaining=0)
-        elif isinstance(error, PermissionDeniedError):
-            self._ledger.halt(error)
-        raise error
+def _as_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
+    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
 
-_MAX_ERROR_BODY = 64 * 1024
+_PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
 
 
-async def _read_body(response: httpx.Response, cap: int | None) -> bytes:
-    """The body, or its first ``cap`` bytes (an error page needs no more)."""
-    if cap is None:
-        return await response.aread()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= cap:
-            break
-    return b"".join(chunks)[:cap]
-
-
-def _describe_transport_error(exc: httpx.TransportError, secret: str) -> str:
-    """httpx's message, and the operating system's reason when httpx hides it underneath
-    ("All connection attempts failed" says less than "Connection refused")."""
-    text = str(exc).strip() or "no detail"
-    cause: BaseException | None = exc.__cause__ or exc.__context__
-    for _ in range(8):  # a short chain; never a cycle
-        if cause is None:
-            break
-        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
-            reason = os.strerror(cause.errno) if cause.errno else str(cause.strerror)
-            if reason not in text:
-                text = f"{text}: {reason}"
-            break
-        cause = cause.__cause__ or cause.__context__
-    return scrub(f"{text} ({type(exc).__name__})", secret)
-
-
-def _translate(exc: httpx.TransportError, secret: str) -> APIConnectionError:
-    detail = _describe_transport_error(exc, secret)
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"timed out: {detail}")
-    return APIConnectionError(f"connection failed: {detail}")
-
-
-def _host_label(url: httpx.URL) -> str:
-    port = f":{url.port}" if url.port is not None else ""
-    return f"{url.host}{port}"
-
-
-def _image_body_problem(body: bytes) -> str | None:
-    """Why ``body`` is not a complete image, or None. Reads headers only; no full decode."""
-    if not body:
-        return "empty body"
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            fmt = im.format
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return f"not a decodable image ({exc})"
-    except Image.DecompressionBombError:  # pragma: no cover - size is bounded by the upload
-        return "image too large to decode"
-    if fmt == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
-        return "JPEG without its end marker (truncated)"
-    if fmt == "PNG" and b"IEND" not in body[-16:]:
-        return "PNG without its end chunk (truncated)"
-    return None
+def _answer_headers(headers: httpx.Headers, secret: str) -> dict[str, str]:
+    """The answer's headers for the user to log: lower-case names, no cookies or credentials,
+    and the key scrubbed should a server echo it."""
+    return {
+        scrub(k.lower(), secret): scrub(v, secret)
+        for k, v in headers.items()
+        if k.lower() not in _PRIVATE_HEADERS
+    }

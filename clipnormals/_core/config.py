@@ -6,7 +6,10 @@ This is the only module that reads environment variables.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import sys
+import urllib.request
 
 import httpx
 
@@ -16,14 +19,18 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "LOG_ENV",
     "check_base_url",
+    "configure_logging_from_env",
     "is_loopback_host",
+    "proxy_environment",
     "resolve_api_key",
     "resolve_base_url",
 ]
 
 API_KEY_ENV = "CLIPDROP_API_KEY"
 BASE_URL_ENV = "CLIPDROP_BASE_URL"
+LOG_ENV = "CLIPNORMALS_LOG"
 DEFAULT_BASE_URL = "https://clipdrop-api.co"
 
 
@@ -94,3 +101,41 @@ def check_base_url(base_url: str) -> httpx.URL:
             "use https, or a loopback host (127.0.0.1, localhost, ::1) for an emulator"
         )
     return url
+
+
+def proxy_environment(host: str) -> list[str]:
+    """The proxy environment variables that would apply to ``host`` (empty when ``NO_PROXY``
+    exempts it, or none is set).
+
+    Example:
+        >>> import os
+        >>> os.environ.get("NO_PROXY") == "*" or isinstance(proxy_environment("example.com"), list)
+        True
+    """
+    proxies = urllib.request.getproxies_environment()
+    # proxy_bypass_environment reads NO_PROXY as httpx does (typeshed lacks it).
+    if not proxies or urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
+        return []
+    names = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    return [name for name in names if os.environ.get(name)]
+
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_LOG_FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
+
+
+def configure_logging_from_env(logger: logging.Logger) -> None:
+    """``CLIPNORMALS_LOG=debug|info``: show the library's log lines on stderr at that level.
+
+    Like ``OPENAI_LOG``: a switch for a quick look without configuring logging. Without it the
+    library only has a ``NullHandler`` and the application decides. Set once per process;
+    a value other than ``debug`` or ``info`` is ignored.
+    """
+    level = _LOG_LEVELS.get(os.environ.get(LOG_ENV, "").strip().lower())
+    if level is None or any(getattr(h, "_clipnormals_env", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler._clipnormals_env = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)

@@ -194,6 +194,7 @@ class CreditLedger:
     """
 
     __slots__ = (
+        "__weakref__",
         "_changed",
         "_halted",
         "_probing",

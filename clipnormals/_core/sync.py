@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -21,10 +22,15 @@ from .._images.prepare import ImageSource, PreparedImage, PrepareOptions
 from .._normals.normalmap import NormalMap
 from .client import AsyncClient
 from .credits import CreditLedger, CreditPolicy
+from .http import EventHooks
 from .limiter import Limiter, RateLimit
 from .map import MapIterator
 from .results import ClientStats, MapItem
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["Client"]
 
@@ -66,6 +72,13 @@ class Client:
         prepare: PrepareOptions | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
+        http_client: httpx.AsyncClient | None = None,
+        proxy: str | httpx.Proxy | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        default_headers: Mapping[str, str] | None = None,
+        event_hooks: EventHooks | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._closed = True  # until fully built: repr and close work on a half-built client
         self._pid = os.getpid()
@@ -83,6 +96,13 @@ class Client:
             "prepare": prepare,
             "flip_x": flip_x,
             "flip_y": flip_y,
+            "http_client": http_client,
+            "proxy": proxy,
+            "verify": verify,
+            "default_headers": default_headers,
+            "event_hooks": event_hooks,
+            "tracer_provider": tracer_provider,
+            "meter_provider": meter_provider,
         }
         self._portal_cm = start_blocking_portal("asyncio")
         self._portal: BlockingPortal = self._portal_cm.__enter__()
@@ -159,10 +179,18 @@ class Client:
         """True after a 402 or 403."""
         return self._async.halted
 
-    def surface_normals(self, image: ImageSource, *, name: str | None = None) -> NormalMap:
+    def surface_normals(
+        self,
+        image: ImageSource,
+        *,
+        name: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+    ) -> NormalMap:
         """Blocking :meth:`AsyncClient.surface_normals` (same errors)."""
         self._check()
-        return self._portal.call(lambda: self._async.surface_normals(image, name=name))
+        return self._portal.call(
+            lambda: self._async.surface_normals(image, name=name, timeout=timeout)
+        )
 
     def prepare(self, image: ImageSource, *, name: str | None = None) -> PreparedImage:
         """Blocking :meth:`AsyncClient.prepare`."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio.to_thread
@@ -78,11 +80,13 @@ class NormalMap:
         "_credits_remaining",
         "_flip_x",
         "_flip_y",
+        "_headers",
         "_jpeg",
         "_lock",
         "_mask",
         "_normals",
         "_prepared",
+        "_request_id",
         "_rgb",
         "_size",
         "_source",
@@ -97,6 +101,8 @@ class NormalMap:
         prepared: PreparedImage | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> None:
         if not isinstance(jpeg, bytes | bytearray | memoryview):
             raise TypeError(f"jpeg must be bytes, not {type(jpeg).__name__}")
@@ -107,6 +113,8 @@ class NormalMap:
         self._prepared = prepared
         self._flip_x = bool(flip_x)
         self._flip_y = bool(flip_y)
+        self._headers: Mapping[str, str] = MappingProxyType(dict(headers or {}))
+        self._request_id = request_id
         # Decoding may be asked for from several threads at once (load() and a property).
         self._lock = threading.RLock()
         self._rgb: NDArray[np.uint8] | None = None
@@ -141,6 +149,17 @@ class NormalMap:
     def credits_consumed(self) -> int | None:
         """Credits this call cost, from ``x-credits-consumed``."""
         return self._credits_consumed
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers (lower-case names; no cookies or credentials), for logging what
+        the server said. Empty for a map not made by the client."""
+        return self._headers
+
+    @property
+    def request_id(self) -> str | None:
+        """The answer's request id (``x-request-id`` or a gateway's equivalent), if any."""
+        return self._request_id
 
     @property
     def prepared(self) -> PreparedImage | None:
@@ -249,6 +268,8 @@ class NormalMap:
             prepared=self._prepared,
             flip_x=flip_x,
             flip_y=flip_y,
+            headers=self._headers,
+            request_id=self._request_id,
         )
         with self._lock:
             other._rgb, other._mask = self._rgb, self._mask

@@ -42,6 +42,33 @@ def api_client() -> clipnormals.AsyncClient:
     return clipnormals.AsyncClient(retry=RETRY, timeout=20.0)  # key from CLIPDROP_API_KEY
 
 
+def tracing() -> tuple[object, Callable[[], list[str]]]:
+    """OpenTelemetry for the client: a tracer provider (``clipnormals[otel]`` and the SDK).
+
+    In production, export to your collector (``OTLPSpanExporter``) and set the provider
+    globally with ``trace.set_tracer_provider``: the client then needs no argument. Here the
+    spans are kept in memory so the demo can show them.
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def spans() -> list[str]:
+        return [
+            f"{s.name} status={s.attributes.get('http.response.status_code')} "
+            f"attempts={s.attributes.get('clipnormals.attempts')} "
+            f"error={s.attributes.get('error.type')}"
+            for s in exporter.get_finished_spans()
+            if s.attributes is not None
+        ]
+
+    return provider, spans
+
+
 def create_app(make_client: Callable[[], clipnormals.AsyncClient] = api_client) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, clipnormals.AsyncClient]]:
@@ -122,7 +149,8 @@ async def try_with_emulator() -> int:
     from clipnormals.testing import client_for, emulator_config
 
     emulator = Emulator(emulator_config(credits=5))
-    app = create_app(lambda: client_for(emulator, retry=RETRY))
+    provider, spans = tracing()
+    app = create_app(lambda: client_for(emulator, retry=RETRY, tracer_provider=provider))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -146,6 +174,8 @@ async def try_with_emulator() -> int:
         seen.append(response.status_code)
         print(f"out of credits: {response.status_code} {response.json()}")
         print(f"status: {(await http.get('/status')).json()}")
+    for line in spans():
+        print(f"span: {line}")
     server.should_exit = True
     await serving
     return 0 if seen == [200, 422, 503] else 1

@@ -1,0 +1,155 @@
+"""The HTTP layer under the client: its httpx client, reading answers, describing failures.
+
+Only httpx is spoken here. Settings a company network needs (a proxy, a CA bundle, extra
+headers, event hooks, or an ``httpx.AsyncClient`` of the caller's own) are turned into one
+``httpx.AsyncClient``; the request path (``session``) never builds one itself.
+
+Proxy environment variables (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) are honoured by httpx
+only when it builds the transport itself: with ``transport=``, they are silently ignored. The
+client says so in a warning when one of them is set, instead of leaving a user to find out
+that their proxy is bypassed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .._errors import APIConnectionError, APITimeoutError, scrub
+from .._version import __version__
+from .config import proxy_environment
+
+__all__ = [
+    "REQUEST_ID_HEADERS",
+    "EventHooks",
+    "build_http_client",
+    "describe_transport_error",
+    "host_label",
+    "image_body_problem",
+    "read_body",
+    "translate",
+]
+
+logger = logging.getLogger("clipnormals")
+
+EventHooks = Mapping[str, Sequence[Callable[..., Any]]]
+
+#: Headers that carry a request id, in the order they are looked for (Clipdrop's docs name
+#: none; these are what gateways and CDNs in front of an API commonly add).
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-cloud-trace-context")
+
+_USER_AGENT = f"clipnormals/{__version__}"
+
+
+def build_http_client(
+    *,
+    base_url: httpx.URL,
+    timeout: httpx.Timeout,
+    max_concurrency: int,
+    transport: httpx.AsyncBaseTransport | None,
+    proxy: str | httpx.Proxy | None,
+    verify: ssl.SSLContext | str | bool,
+    default_headers: Mapping[str, str] | None,
+    event_hooks: EventHooks | None,
+) -> httpx.AsyncClient:
+    """The httpx client for these settings (the caller closes it)."""
+    if transport is not None and proxy is not None:
+        raise ValueError("pass either transport= or proxy=, not both (configure the transport)")
+    if transport is not None and proxy_environment(base_url.host):
+        logger.warning(
+            "a proxy environment variable is set (%s), but a custom transport= was given: "
+            "httpx does not apply proxy variables to it, so requests go direct; pass proxy= "
+            "or configure the transport",
+            ", ".join(proxy_environment(base_url.host)),
+        )
+    if isinstance(verify, str):  # a CA bundle file or folder, as requests and httpx once took
+        if os.path.isdir(verify):
+            verify = ssl.create_default_context(capath=verify)
+        else:
+            verify = ssl.create_default_context(cafile=verify)
+    headers = {"user-agent": _USER_AGENT, **(default_headers or {})}
+    hooks = {name: list(functions) for name, functions in (event_hooks or {}).items()}
+    return httpx.AsyncClient(
+        base_url=base_url,
+        transport=transport,
+        proxy=proxy,
+        verify=verify,
+        timeout=timeout,
+        limits=httpx.Limits(
+            max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+        ),
+        headers=headers,
+        event_hooks=hooks,
+        follow_redirects=False,
+    )
+
+
+async def read_body(response: httpx.Response, cap: int | None) -> bytes:
+    """The body, or its first ``cap`` bytes (an error page needs no more)."""
+    if cap is None:
+        return await response.aread()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= cap:
+            break
+    return b"".join(chunks)[:cap]
+
+
+def describe_transport_error(exc: httpx.TransportError, secret: str) -> str:
+    """httpx's message, and the operating system's reason when httpx hides it underneath
+    ("All connection attempts failed" says less than "Connection refused"), without the key."""
+    text = str(exc).strip() or "no detail"
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    for _ in range(8):  # a short chain; never a cycle
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            reason = os.strerror(cause.errno) if cause.errno else str(cause.strerror)
+            if reason not in text:
+                text = f"{text}: {reason}"
+            break
+        cause = cause.__cause__ or cause.__context__
+    return scrub(f"{text} ({type(exc).__name__})", secret)
+
+
+def translate(exc: httpx.TransportError, secret: str) -> APIConnectionError:
+    """Our error for an httpx transport error (not chained to it: it holds the request)."""
+    detail = describe_transport_error(exc, secret)
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"timed out: {detail}")
+    return APIConnectionError(f"connection failed: {detail}")
+
+
+def host_label(url: httpx.URL) -> str:
+    """``host[:port]`` for messages."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.host}{port}"
+
+
+def image_body_problem(body: bytes) -> str | None:
+    """Why ``body`` is not a complete image, or None. Reads headers only; no full decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not body:
+        return "empty body"
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            fmt = im.format
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"not a decodable image ({exc})"
+    except Image.DecompressionBombError:  # pragma: no cover - size is bounded by the upload
+        return "image too large to decode"
+    if fmt == "JPEG" and not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return "JPEG without its end marker (truncated)"
+    if fmt == "PNG" and b"IEND" not in body[-16:]:
+        return "PNG without its end chunk (truncated)"
+    return None

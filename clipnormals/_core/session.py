@@ -1,0 +1,415 @@
+"""The request path every image takes, and the machinery one client shares with its views.
+
+A :class:`Session` owns what must be one per API key and connection pool: the limiter, the
+credit ledger, the concurrency slots, the circuit breaker, the counters, the telemetry, the
+httpx client, and the binding to one event loop and one process. ``AsyncClient`` and the
+clients :meth:`~clipnormals.AsyncClient.with_options` derives from it hold the same session
+with their own per-call settings (retry policy, timeouts).
+
+One image: the retry loop (``send``) runs attempts; each attempt (``_attempt``) reserves its
+credits, takes a concurrency slot and a limiter token, and makes the exchange
+(``_exchange``): the request, then the answer's status line and headers, which settle the
+credit reservation at once, then the body, all under the attempt's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+
+from .._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ClientClosedError,
+    InsufficientCreditsError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    UnexpectedResponseError,
+)
+from .circuit import CircuitBreaker
+from .credits import CreditLedger, Reservation, parse_credit_header
+from .http import (
+    describe_transport_error,
+    host_label,
+    image_body_problem,
+    read_body,
+    translate,
+)
+from .limiter import Limiter
+from .results import _Counters
+from .retry import RetryPolicy
+from .telemetry import ImageSpan, Telemetry
+
+if TYPE_CHECKING:
+    from .._images.prepare import PreparedImage
+    from .map import MapIterator
+
+__all__ = ["Attempts", "Endpoint", "Session"]
+
+logger = logging.getLogger("clipnormals")
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """One image endpoint of the API: where it lives and what input it takes.
+
+    The siblings of the surface-normals endpoint (depth estimation, background removal, ...)
+    share its contract (docs/api-contract.md); describing them here keeps the request path free
+    of any one of them. Limits from the API's documentation: 25,000,000 pixels, 30,000,000
+    bytes.
+
+    Example:
+        >>> SURFACE_NORMALS.path
+        '/portrait-surface-normals/v1'
+    """
+
+    path: str
+    field: str = "image_file"
+    max_pixels: int = 25_000_000
+    max_bytes: int = 30_000_000
+    accept: str = "image/jpeg"
+
+
+SURFACE_NORMALS = Endpoint(path="/portrait-surface-normals/v1")
+
+
+@dataclass(slots=True)
+class Attempts:
+    """HTTP attempts made for one image so far."""
+
+    count: int = 0
+
+
+class _Secret:
+    """Holds the API key; its repr and str never show it (tracebacks with locals included)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+
+class Session:
+    """The shared machinery of one client and the views derived from it."""
+
+    __slots__ = (
+        "__weakref__",
+        "base_url",
+        "circuit",
+        "closed",
+        "counters",
+        "http",
+        "key",
+        "ledger",
+        "limiter",
+        "loop",
+        "maps",
+        "owns_http",
+        "pid",
+        "prep_slots",
+        "rate_limit_streak",
+        "slots",
+        "telemetry",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        base_url: httpx.URL,
+        http: httpx.AsyncClient,
+        owns_http: bool,
+        limiter: Limiter,
+        ledger: CreditLedger,
+        max_concurrency: int,
+        retry: RetryPolicy,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+    ) -> None:
+        self.key = _Secret(key)
+        self.base_url = base_url
+        self.http = http
+        self.owns_http = owns_http
+        self.limiter = limiter
+        self.ledger = ledger
+        self.slots = anyio.Semaphore(max_concurrency)
+        self.prep_slots = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        self.counters = _Counters()
+        self.rate_limit_streak = 0
+        self.circuit = CircuitBreaker(
+            failures=retry.circuit_failures, reset=retry.circuit_reset, host=host_label(base_url)
+        )
+        self.telemetry = Telemetry(
+            host=self.circuit.host,
+            ledger=ledger,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        self.closed = False
+        self.pid = os.getpid()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.maps: weakref.WeakSet[MapIterator[Any]] = weakref.WeakSet()
+
+    # -- binding -------------------------------------------------------------------------
+
+    def check_open(self, *, bind: bool = True) -> None:
+        """Raise ClientClosedError unless the client may send from here; binds it to the
+        running event loop on first use. Called before any I/O."""
+        if self.closed:
+            raise ClientClosedError("the client is closed")
+        if self.pid != os.getpid():
+            raise ClientClosedError(
+                f"this client was created in process {self.pid}, and this is process "
+                f"{os.getpid()} (a fork): its connections and event loop stayed with the parent. "
+                "Create one client per process, after the fork"
+            )
+        if not bind:
+            return
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif loop is not self.loop:
+            state = "has ended" if self.loop.is_closed() else "is still running elsewhere"
+            raise ClientClosedError(
+                "this client belongs to the event loop it was first used in, which "
+                f"{state}; nothing was sent. Create the client inside the event loop that "
+                "uses it (for example inside the coroutine given to asyncio.run), one per loop"
+            )
+
+    async def aclose(self) -> None:
+        """Stop every ``map`` in progress and close the connection pool if it is ours.
+
+        Idempotent. From another event loop than the one the client was used in (after that
+        loop ended), or in a forked child, it only marks the client closed: its connections
+        went with that loop or stayed with the parent.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if self.pid != os.getpid() or (
+            self.loop is not None and self.loop is not asyncio.get_running_loop()
+        ):
+            return
+        for it in list(self.maps):
+            await it.aclose()
+        if self.owns_http:
+            await self.http.aclose()
+
+    # -- one image -----------------------------------------------------------------------
+
+    async def send(
+        self,
+        endpoint: Endpoint,
+        prepared: PreparedImage,
+        *,
+        retry: RetryPolicy,
+        http_timeout: httpx.Timeout | None,
+        attempts: Attempts,
+    ) -> tuple[bytes, httpx.Headers]:
+        """Upload ``prepared`` until an answer is a normal map or the retry policy gives up;
+        returns the body and headers of the 200."""
+        started = anyio.current_time()
+        with self.telemetry.image() as span:
+            async for attempt in retry.retrying(clock=anyio.current_time, started=started):
+                with attempt:
+                    return await self._attempt(
+                        endpoint, prepared, retry, http_timeout, started, attempts, span
+                    )
+                outcome = attempt.retry_state.outcome
+                exc = outcome.exception() if outcome is not None else None
+                if exc is not None and retry.is_retryable(exc):
+                    logger.info(
+                        "%s: attempt %d failed (%s)",
+                        prepared.source_name or "image",
+                        attempts.count,
+                        getattr(exc, "message", exc),
+                    )
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        endpoint: Endpoint,
+        prepared: PreparedImage,
+        retry: RetryPolicy,
+        http_timeout: httpx.Timeout | None,
+        started: float,
+        attempts: Attempts,
+        span: ImageSpan,
+    ) -> tuple[bytes, httpx.Headers]:
+        """One attempt: a credit reservation, a slot, a token, then the exchange."""
+        async with self.ledger.reserve() as reservation, self.slots:
+            self.ledger.check_halted()
+            self.circuit.check()
+            waiting = anyio.current_time()
+            await self.limiter.acquire()
+            self.ledger.check_halted()
+            probe = self.circuit.before_request()
+            now = anyio.current_time()
+            counters = self.counters
+            self.telemetry.attempt(span, retry=attempts.count > 0, waited=now - waiting)
+            if attempts.count:
+                counters.retries += 1
+            attempts.count += 1
+            counters.attempts += 1
+            if counters.first_attempt_at is None:
+                counters.first_attempt_at = now
+            counters.last_attempt_at = now
+            deadline = retry.attempt_deadline(started, now)
+            try:
+                status, headers, body = await self._exchange(
+                    endpoint, prepared, reservation, deadline, http_timeout
+                )
+            finally:
+                if probe:
+                    self.circuit.probe_done()
+        span.answered(
+            status,
+            parse_credit_header(headers, "x-credits-consumed"),
+            parse_credit_header(headers, "x-remaining-credits"),
+        )
+        logger.debug(
+            "%s: %s %s -> %d in %.3fs (attempt %d)",
+            prepared.source_name or "image",
+            "POST",
+            endpoint.path,
+            status,
+            anyio.current_time() - now,
+            attempts.count,
+        )
+        counters.statuses[status] = counters.statuses.get(status, 0) + 1
+        if status == 200:
+            self._check_image(headers, body)
+            counters.successes += 1
+            self.rate_limit_streak = 0
+            return body, headers
+        await self._handle_error(status, headers, body, retry)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self,
+        endpoint: Endpoint,
+        prepared: PreparedImage,
+        reservation: Reservation,
+        deadline: float,
+        http_timeout: httpx.Timeout | None,
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Send the request; settle the reservation from the answer's headers, then read the
+        body, all within ``deadline`` seconds.
+
+        Errors are raised outside the ``except`` blocks that catch httpx's: an httpx exception
+        holds the request, whose headers hold the key, and must not become the ``__context__``
+        of anything the user sees.
+        """
+        request = self.http.build_request(
+            "POST",
+            _endpoint_url(self.base_url, endpoint.path),
+            files={endpoint.field: (prepared.filename, prepared.data, prepared.content_type)},
+            headers={"x-api-key": self.key.reveal(), "accept": endpoint.accept},
+            timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        failure: APIConnectionError
+        maybe_charged = True  # did the whole request possibly reach the server?
+        answered = False
+        try:
+            with anyio.fail_after(deadline):
+                response = await self.http.send(request, stream=True)
+                try:
+                    answered = True
+                    self.circuit.connected()
+                    reservation.answered(response.status_code, response.headers)
+                    self.telemetry.outcome(status=response.status_code, error=None)
+                    cap = None if response.status_code == 200 else _MAX_ERROR_BODY
+                    body = await read_body(response, cap)
+                finally:
+                    await response.aclose()
+                return response.status_code, response.headers, body
+        except TimeoutError:
+            failure = APITimeoutError(
+                f"no complete answer from {self.circuit.host} within {deadline:.1f}s "
+                "(the attempt's deadline)"
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            detail = describe_transport_error(exc, self.key.reveal())
+            if self.circuit.connection_failed(detail):
+                failure = self.circuit.open_error()  # this one opened it: stop here
+            else:
+                failure = APIConnectionError(f"cannot connect to {self.circuit.host}: {detail}")
+            maybe_charged = False
+        except (httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout) as exc:
+            # The request never reached the server whole: it cannot have been charged.
+            failure = translate(exc, self.key.reveal())
+            maybe_charged = False
+        except httpx.TransportError as exc:
+            failure = translate(exc, self.key.reveal())
+        except BaseException:
+            if not answered:
+                reservation.unanswered()  # cancelled while waiting: it may have been charged
+            raise
+        if maybe_charged and not answered:
+            reservation.unanswered()
+        if not answered:
+            self.telemetry.outcome(status=None, error=type(failure).__name__)
+        self.counters.connection_errors += 1
+        raise failure
+
+    def _check_image(self, headers: httpx.Headers, body: bytes) -> None:
+        ctype = headers.get("content-type", "")
+        if not ctype.lower().startswith("image/"):
+            self.counters.other_errors += 1
+            raise UnexpectedResponseError(
+                f"200 OK but the body is {ctype or 'untyped'}, not an image",
+                status_code=200,
+                body=body,
+                headers=headers,
+                secret=self.key.reveal(),
+            )
+        problem = image_body_problem(body)
+        if problem is not None:
+            # Most likely cut short on the way (a proxy, a reset): worth another attempt. It
+            # was charged all the same; the ledger counted it from the headers.
+            self.counters.connection_errors += 1
+            raise APIConnectionError(f"200 OK but the image body is unusable: {problem}")
+
+    async def _handle_error(
+        self, status: int, headers: httpx.Headers, body: bytes, retry: RetryPolicy
+    ) -> None:
+        error = APIStatusError.from_parts(status, headers, body, secret=self.key.reveal())
+        if isinstance(error, RateLimitError):
+            self.counters.rate_limited += 1
+            self.rate_limit_streak += 1
+            pause = retry.rate_limit_pause(self.rate_limit_streak, error.retry_after)
+            logger.info("429 from the server: every sender pauses %.2fs", pause)
+            await self.limiter.cooldown(pause)
+        elif isinstance(error, ServerError):
+            self.counters.server_errors += 1
+        else:
+            self.counters.other_errors += 1
+        if isinstance(error, InsufficientCreditsError):
+            self.ledger.halt(error, remaining=0)
+        elif isinstance(error, PermissionDeniedError):
+            self.ledger.halt(error)
+        raise error
+
+
+def _endpoint_url(base: httpx.URL, path: str) -> httpx.URL:
+    """``path`` under ``base``, keeping a path prefix the base may have (a proxy's)."""
+    return base.copy_with(raw_path=base.raw_path.rstrip(b"/") + path.encode("ascii"))

@@ -1,0 +1,269 @@
+"""What company networks and web backends configure: an httpx client of their own, a proxy,
+certificates, default headers, event hooks; per-call options; the answer's headers."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+import clipnormals
+from clipnormals.emulator import EmulatorConfig, RunningServer, start_in_thread
+
+from .fakeapi import KEY, FakeAPI, prepared
+
+pytestmark = pytest.mark.anyio
+
+
+def _client(api: FakeAPI, **kwargs: object) -> clipnormals.AsyncClient:
+    options: dict[str, object] = {"api_key": KEY, "transport": api.transport()}
+    options.update(kwargs)
+    return clipnormals.AsyncClient(**options)  # type: ignore[arg-type]
+
+
+async def test_an_http_client_of_ones_own_is_used_and_never_closed() -> None:
+    api = FakeAPI()
+    async with httpx.AsyncClient(transport=api.transport(), headers={"x-team": "a"}) as mine:
+        async with clipnormals.AsyncClient(api_key=KEY, http_client=mine) as client:
+            await client.surface_normals(prepared())
+        assert not mine.is_closed  # still the caller's
+        assert api.headers_seen[0]["x-team"] == "a"
+        assert api.headers_seen[0]["x-api-key"] == KEY
+
+
+@pytest.mark.parametrize(
+    "clash",
+    [
+        {"transport": httpx.MockTransport(lambda r: httpx.Response(500))},
+        {"proxy": "http://127.0.0.1:3128"},
+        {"verify": False},
+        {"default_headers": {"a": "b"}},
+        {"event_hooks": {"request": []}},
+    ],
+)
+def test_settings_for_a_client_of_ones_own_are_refused(clash: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="http_client"):
+        clipnormals.AsyncClient(api_key=KEY, http_client=httpx.AsyncClient(), **clash)  # type: ignore[arg-type]
+
+
+async def test_default_headers_and_event_hooks() -> None:
+    api = FakeAPI()
+    seen: list[str] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        seen.append(f"request {request.method}")
+
+    async def on_response(response: httpx.Response) -> None:
+        seen.append(f"response {response.status_code}")
+
+    async with _client(
+        api,
+        default_headers={"x-trace": "abc", "x-api-key": "not-this-one"},
+        event_hooks={"request": [on_request], "response": [on_response]},
+    ) as client:
+        await client.surface_normals(prepared())
+    assert seen == ["request POST", "response 200"]
+    assert api.headers_seen[0]["x-trace"] == "abc"
+    assert api.headers_seen[0]["x-api-key"] == KEY  # the client's key always wins
+
+
+async def test_the_answer_headers_and_request_id_come_with_the_result() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            content=_jpeg(),
+            headers={
+                "content-type": "image/jpeg",
+                "x-request-id": "req-42",
+                "x-remaining-credits": "7",
+                "set-cookie": "session=secret",
+            },
+        )
+
+    async with clipnormals.AsyncClient(api_key=KEY, transport=httpx.MockTransport(handler)) as c:
+        nm = await c.surface_normals(prepared())
+    assert nm.request_id == "req-42"
+    assert nm.headers["x-remaining-credits"] == "7"
+    assert "set-cookie" not in nm.headers
+
+
+def _jpeg() -> bytes:
+    from .fakeapi import normal_map_jpeg
+
+    return normal_map_jpeg(32, 24)
+
+
+async def test_a_per_call_timeout_applies_to_that_call_only() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.3)
+        return httpx.Response(200, content=_jpeg(), headers={"content-type": "image/jpeg"})
+
+    # MockTransport ignores httpx's timeouts, so observe the deadline through the request.
+    timeouts: list[object] = []
+
+    async def record(request: httpx.Request) -> None:
+        timeouts.append(request.extensions["timeout"]["read"])
+
+    async with clipnormals.AsyncClient(
+        api_key=KEY,
+        transport=httpx.MockTransport(handler),
+        timeout=30.0,
+        event_hooks={"request": [record]},
+    ) as client:
+        await client.surface_normals(prepared(), timeout=2.5)
+        await client.surface_normals(prepared())
+    assert timeouts == [2.5, 30.0]
+
+
+async def test_with_options_shares_the_quota_the_credits_and_the_pool() -> None:
+    api = FakeAPI(credits=5)
+    async with _client(api, rate_limit=clipnormals.RateLimit(requests=600, per=60.0)) as client:
+        quick = client.with_options(retry=clipnormals.RetryPolicy.disabled(), timeout=5.0)
+        await quick.surface_normals(prepared())
+        await client.surface_normals(prepared())
+        assert quick.credits is client.credits
+        assert client.credits.consumed == 2
+        assert quick.stats.attempts == client.stats.attempts == 2
+        assert quick.retry.attempts == 1
+        assert client.retry.attempts == 8
+        await quick.aclose()  # a view closes nothing
+        await client.surface_normals(prepared())
+    with pytest.raises(clipnormals.ClientClosedError):
+        await quick.surface_normals(prepared())  # closing the client closed its views
+
+
+async def test_a_view_keeps_its_own_retry_policy() -> None:
+    api = FakeAPI(script=[httpx.Response(500), httpx.Response(500)])
+    async with _client(api) as client:
+        view = client.with_options(retry=clipnormals.RetryPolicy.disabled())
+        with pytest.raises(clipnormals.ServerError):
+            await view.surface_normals(prepared())
+        await client.surface_normals(prepared())  # the original retries past the second 500
+    assert len(api.arrivals) == 3
+
+
+def test_proxy_variables_ignored_by_a_custom_transport_are_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    caplog.set_level(logging.WARNING, logger="clipnormals")
+    clipnormals.AsyncClient(api_key=KEY, transport=httpx.MockTransport(lambda r: None))  # type: ignore[arg-type,return-value]
+    assert "HTTPS_PROXY" in caplog.text
+    assert "requests go direct" in caplog.text
+
+
+# -- real sockets: a forward proxy, and TLS with a CA of one's own --------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningServer]:
+    with start_in_thread(EmulatorConfig(keys={KEY: 1000})) as server:
+        yield server
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_requests_go_through_the_proxy_given(emulator: RunningServer) -> None:
+    forwarded: list[str] = []
+    target = emulator.url
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            forwarded.append(self.path)  # a forward proxy sees the absolute URL
+            body = self.rfile.read(int(self.headers["content-length"]))
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            upstream = httpx.post(self.path, content=body, headers=headers, timeout=30)
+            self.send_response(upstream.status_code)
+            for k, v in upstream.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("content-length", str(len(upstream.content)))
+            self.end_headers()
+            self.wfile.write(upstream.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        async with clipnormals.AsyncClient(
+            api_key=KEY, base_url=target, proxy=f"http://127.0.0.1:{proxy.server_address[1]}"
+        ) as client:
+            nm = await client.surface_normals(prepared())
+        assert nm.credits_consumed == 1
+        assert forwarded == [f"{target}/portrait-surface-normals/v1"]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def tls_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The emulator behind TLS with a certificate signed by no public CA."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    import uvicorn
+
+    from clipnormals.emulator import Emulator
+
+    config = uvicorn.Config(
+        Emulator(EmulatorConfig(keys={KEY: 100})).app,
+        host="127.0.0.1",
+        port=0,
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"https://127.0.0.1:{port}", cert
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_verify_takes_a_ca_bundle_or_an_ssl_context(tls_emulator: tuple[str, Path]) -> None:
+    url, cert = tls_emulator
+    retry = clipnormals.RetryPolicy(attempts=1, circuit_failures=0)
+    async with clipnormals.AsyncClient(api_key=KEY, base_url=url, retry=retry) as client:
+        with pytest.raises(clipnormals.APIConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.surface_normals(prepared())
+    context = ssl.create_default_context(cafile=str(cert))
+    for verify in (context, str(cert)):
+        async with clipnormals.AsyncClient(
+            api_key=KEY, base_url=url, verify=verify, retry=retry
+        ) as client:
+            nm = await client.surface_normals(prepared())
+            assert nm.credits_consumed == 1
