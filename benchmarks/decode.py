@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/decode.py                 # 1, 4 and 25 megapixels
+    python benchmarks/decode.py                 # 1, 4, 12 and 25 megapixels, relight at 4
     python benchmarks/decode.py --sizes 1 4 --repeats 5
 
 For each size a synthetic portrait (tests/synthetic.py) is encoded as a JPEG at quality 90, then
@@ -11,6 +11,14 @@ timed both ways, alternating so that a busy machine slows both alike:
 - ``pillow``: ``np.asarray(Image.open(...).convert("RGB"))``, the floor for any decoder;
 - ``normals+mask``: a fresh ``NormalMap(jpeg)``, then ``.normals`` and ``.mask`` (this includes
   the same Pillow decode); the JSON also has the median of each of the three parts.
+
+- ``relight`` (at ``--relight-sizes``, 4 MP by default): ``nm.relight(photo, light=...,
+  ambient=0.2)`` on a noisy 8-bit RGB ``PIL.Image`` the map's size, the map already decoded.
+
+Peak memory is measured in a fresh child process per size: the growth of the peak resident set
+(``VmHWM``, reset through ``/proc/self/clear_refs``) during a bare decode, and during
+``NormalMap(jpeg)`` + ``.normals`` + ``.mask``, in units of the RGB array (H x W x 3 bytes).
+What a NormalMap keeps (rgb, float32 normals, bool mask) is itself 1 + 4 + 1/3 of that.
 
 The medians are printed as a table and written to ``benchmarks/results/decode.json``.
 """
@@ -24,6 +32,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,10 +44,12 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clipnormals import NormalMap  # noqa: E402
+from clipnormals import DirectionalLight, NormalMap  # noqa: E402
 from tests.synthetic import portrait  # noqa: E402
 
-DEFAULT_SIZES = (1.0, 4.0, 25.0)
+DEFAULT_SIZES = (1.0, 4.0, 12.0, 25.0)
+RELIGHT_SIZES = (4.0,)
+KEY_LIGHT = DirectionalLight((0.7, 0.3, 0.65), intensity=1.2)
 API_MAX_PIXELS = 25_000_000
 
 
@@ -71,7 +82,78 @@ def timed_pillow(data: bytes) -> float:
     return time.perf_counter() - start
 
 
-def run(megapixels: float, repeats: int) -> dict[str, object]:
+def _vm_hwm() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _peak_growth(action: str, data: bytes) -> int:
+    """Bytes the peak resident set grew by while ``action`` ran (in this process)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    # Hand freed heap back to the system, or the action reuses it without the peak moving.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets VmHWM to the current resident set
+    before = _vm_hwm()
+    if action == "pillow":
+        kept: object = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    else:
+        nm = NormalMap(data)
+        kept = (nm.normals, nm.mask)
+    peak = _vm_hwm()
+    del kept
+    return peak - before
+
+
+def peak_memory(megapixels: float) -> dict[str, float]:
+    """Peak growth of each action, in RGB arrays, each in a fresh child process."""
+    width, height = portrait_size(megapixels)
+    rgb_bytes = width * height * 3
+    out: dict[str, float] = {}
+    for action in ("pillow", "normals+mask"):
+        child = subprocess.run(
+            [sys.executable, __file__, "--peak-child", action, str(megapixels)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[action] = round(int(child.stdout.strip()) / rgb_bytes, 2)
+    return out
+
+
+def _peak_child(action: str, megapixels: float) -> None:
+    width, height = portrait_size(megapixels)
+    data = portrait(width, height).jpeg(90)
+    pillow_decode(portrait(64, 80).jpeg(90))  # lazy imports and plugins, outside the peak
+    _ = NormalMap(portrait(64, 80).jpeg(90)).mask
+    print(_peak_growth(action, data))
+
+
+def relight_ms(data: bytes, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of a bare decode and of a relight, interleaved."""
+    nm = NormalMap(data)
+    width, height = nm.size
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    _ = nm.normals, nm.mask
+    nm.relight(photo, light=KEY_LIGHT, ambient=0.2)
+    base: list[float] = []
+    lit: list[float] = []
+    for _ in range(repeats):
+        base.append(timed_pillow(data))
+        start = time.perf_counter()
+        nm.relight(photo, light=KEY_LIGHT, ambient=0.2)
+        lit.append(time.perf_counter() - start)
+    return statistics.median(base), statistics.median(lit)
+
+
+def run(megapixels: float, repeats: int, relight: bool) -> dict[str, object]:
     width, height = portrait_size(megapixels)
     data = portrait(width, height).jpeg(90)
     pillow_decode(data)  # warm caches and lazy imports outside the timings
@@ -83,7 +165,16 @@ def run(megapixels: float, repeats: int) -> dict[str, object]:
         parts.append(normals_and_mask(data))
     pillow_s = statistics.median(base)
     ours_s = statistics.median(sum(p) for p in parts)
+    extra: dict[str, object] = {"peak_in_rgb_arrays": peak_memory(megapixels)}
+    if relight:
+        relight_base, relight_s = relight_ms(data, repeats)
+        extra["relight"] = {
+            "pillow_decode_s": round(relight_base, 4),
+            "relight_s": round(relight_s, 4),
+            "ratio": round(relight_s / relight_base, 2),
+        }
     return {
+        **extra,
         "megapixels": round(width * height / 1e6, 2),
         "size": [width, height],
         "jpeg_bytes": len(data),
@@ -99,25 +190,57 @@ def run(megapixels: float, repeats: int) -> dict[str, object]:
     }
 
 
+def _blas() -> list[dict[str, object]] | str:
+    """Which BLAS kernel numpy runs (OPENBLAS_CORETYPE changes it), when threadpoolctl is here."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl to record it)"
+    return [
+        {k: v for k, v in info.items() if k in ("internal_api", "architecture", "num_threads")}
+        for info in threadpool_info()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=list(DEFAULT_SIZES))
+    parser.add_argument(
+        "--relight-sizes", type=float, nargs="*", default=list(RELIGHT_SIZES), metavar="MP"
+    )
+    parser.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=None, help="default: 15, 7 or 5 by size")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/decode.json")
     args = parser.parse_args(argv)
+    if args.peak_child:
+        _peak_child(args.peak_child[0], float(args.peak_child[1]))
+        return 0
     rows = []
-    print(f"{'size':>12} {'MP':>6} {'pillow':>9} {'normals+mask':>13} {'ratio':>6} {'ms/MP':>6}")
+    print(
+        f"{'size':>12} {'MP':>6} {'pillow':>9} {'normals+mask':>13} {'ratio':>6} {'ms/MP':>6}"
+        f" {'peak: pillow':>13} {'normals+mask':>13}"
+    )
     for mp in args.sizes:
         repeats = args.repeats or (15 if mp <= 1 else 7 if mp <= 4 else 5)
-        row = run(mp, repeats)
+        row = run(mp, repeats, mp in args.relight_sizes)
         rows.append(row)
         size = row["size"]
+        peak = row["peak_in_rgb_arrays"]
         assert isinstance(size, list)
+        assert isinstance(peak, dict)
         print(
             f"{size[0]:>5}x{size[1]:<6} {row['megapixels']:>6} {row['pillow_decode_s']:>8.3f}s"
             f" {row['normals_mask_s']:>12.3f}s {row['ratio']:>5}x"
-            f" {row['normals_mask_ms_per_mp']:>6}"
+            f" {row['normals_mask_ms_per_mp']:>6} {peak['pillow']:>12}x"
+            f" {peak['normals+mask']:>12}x"
         )
+    for row in rows:
+        relit = row.get("relight")
+        if isinstance(relit, dict):
+            print(
+                f"relight at {row['megapixels']} MP: {1000 * relit['relight_s']:.1f} ms, "
+                f"{relit['ratio']}x a bare decode ({1000 * relit['pillow_decode_s']:.1f} ms)"
+            )
     report = {
         "benchmark": "decode",
         "python": platform.python_version(),
@@ -125,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "pillow": PIL.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "blas": _blas(),
         "results": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -63,21 +63,32 @@ def payloads(n: int, distinct: Sequence[bytes]) -> Iterator[bytes]:
         yield distinct[i % len(distinct)]
 
 
+# Tests hand the bare loops an ``httpx.MockTransport`` here; the benchmark never does.
+TRANSPORT: httpx.AsyncBaseTransport | None = None
+
+
 def _http(url: str, concurrency: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0, transport=TRANSPORT)
 
 
-async def _post(http: httpx.AsyncClient, data: bytes) -> None:
-    """One upload as both bare loops make it; the body is read like the client reads it."""
-    response = await http.post(
-        ENDPOINT,
-        headers={"x-api-key": KEY},
-        files={"image_file": ("portrait.png", data, "image/png")},
-    )
-    if response.status_code != 200:
-        raise RuntimeError(f"status {response.status_code}")
-    _ = response.content
+async def _post(http: httpx.AsyncClient, data: bytes) -> bool:
+    """One upload as both bare loops make it; the body is read like the client reads it.
+
+    Returns whether it succeeded. A bare loop has no retries: a transient failure (a 5xx or
+    429, a reset connection, a timeout) is counted as a failed request, never raised, so that
+    one blip of the server or the machine does not end the whole benchmark.
+    """
+    try:
+        response = await http.post(
+            ENDPOINT,
+            headers={"x-api-key": KEY},
+            files={"image_file": ("portrait.png", data, "image/png")},
+        )
+        _ = response.content
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
 
 
 async def bare(url: str, images: Iterator[Any], concurrency: int) -> int:
@@ -88,8 +99,8 @@ async def bare(url: str, images: Iterator[Any], concurrency: int) -> int:
         async def one(data: bytes) -> None:
             nonlocal done
             try:
-                await _post(http, data)
-                done += 1
+                ok = await _post(http, data)  # not ``done += await``: that reads done first
+                done += ok
             finally:
                 slots.release()
 
@@ -108,8 +119,8 @@ async def workers(url: str, images: Iterator[Any], concurrency: int) -> int:
         async def worker() -> None:
             nonlocal done
             for data in images:
-                await _post(http, data)
-                done += 1
+                ok = await _post(http, data)  # not ``done += await``: that reads done first
+                done += ok
 
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
@@ -126,8 +137,8 @@ async def ours(url: str, images: Iterator[Any], concurrency: int) -> int:
         max_concurrency=concurrency,
     ) as client:
         async for item in client.map(images):
-            item.unwrap()
-            done += 1
+            # The client retries transient failures itself; what is left failed for good.
+            done += item.error is None
     return done
 
 
@@ -138,9 +149,15 @@ def timed(way: Way, url: str, images: Iterator[Any], n: int, concurrency: int) -
     cpu0, wall0 = time.process_time(), time.perf_counter()
     done = asyncio.run(way(url, images, concurrency))
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    if done != n:
-        raise RuntimeError(f"{done} of {n} requests succeeded")
-    return {"wall_s": wall, "cpu_s": cpu, "req_per_s": n / wall, "cpu_ms_per_req": 1000 * cpu / n}
+    # Rates count every request sent, failed ones included (each cost the client its CPU);
+    # the failures are reported beside them.
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "req_per_s": n / wall,
+        "cpu_ms_per_req": 1000 * cpu / n,
+        "failed": n - done,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ms_per_req": statistics.median(r["cpu_ms_per_req"] for r in runs),
             "server_cpu_ms_per_req": statistics.median(server_cpu[name]),
             "req_per_s_rounds": [round(r["req_per_s"], 1) for r in runs],
+            "failed": int(sum(r["failed"] for r in runs)),
         }
     base = rows["bare httpx"]
     print(
@@ -206,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:22} {r['req_per_s']:>8.0f} {r['ratio']:>6.2f} {r['cpu_ms_per_req']:>12.2f} ms"
             f" {r['cpu_ratio']:>8.2f}x {r['server_cpu_ms_per_req']:>12.2f} ms"
         )
+    for name, r in rows.items():
+        if r["failed"]:
+            print(f"warning: {name}: {r['failed']} requests failed over the rounds")
     ratio = rows["client.map"]["ratio"]
     lean = rows["bare httpx (workers)"]["req_per_s"]
     verdict = (

@@ -15,38 +15,48 @@ facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in f
 ``clipnormals.testing`` has pytest fixtures built on it.
 """
 
-from ._core.client import AsyncClient
-from ._core.credits import CreditLedger, CreditPolicy
-from ._core.limiter import Limiter, LocalLimiter, RateLimit
-from ._core.map import MapIterator
-from ._core.results import ClientStats, MapItem
-from ._core.retry import RetryPolicy
-from ._core.sync import Client
-from ._errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    CircuitOpenError,
-    ClientClosedError,
-    ClientHaltedError,
-    ClipnormalsError,
-    CreditBudgetError,
-    InsufficientCreditsError,
-    InvalidImageError,
-    NotAcceptableError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    UnexpectedResponseError,
-)
-from ._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image, sniff_format
-from ._normals.normalmap import NormalMap
-from ._normals.relight import DirectionalLight, SHLighting
-from ._normals.sheets import contact_sheet
-from ._normals.vectors import NormalConvention
+from typing import TYPE_CHECKING
+
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._core.client import AsyncClient
+    from ._core.credits import CreditLedger, CreditPolicy
+    from ._core.limiter import Limiter, LocalLimiter, RateLimit
+    from ._core.map import MapIterator
+    from ._core.results import ClientStats, MapItem
+    from ._core.retry import RetryPolicy
+    from ._core.sync import Client
+    from ._errors import (
+        APIConnectionError,
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        CircuitOpenError,
+        ClientClosedError,
+        ClientHaltedError,
+        ClipnormalsError,
+        CreditBudgetError,
+        InsufficientCreditsError,
+        InvalidImageError,
+        NotAcceptableError,
+        PermissionDeniedError,
+        RateLimitError,
+        ServerError,
+        UnexpectedResponseError,
+    )
+    from ._images.prepare import (
+        ImageSource,
+        PreparedImage,
+        PrepareOptions,
+        prepare_image,
+        sniff_format,
+    )
+    from ._normals.normalmap import NormalMap
+    from ._normals.relight import DirectionalLight, SHLighting
+    from ._normals.sheets import contact_sheet
+    from ._normals.vectors import NormalConvention
 
 __all__ = [
     "APIConnectionError",
@@ -90,6 +100,49 @@ __all__ = [
     "sniff_format",
 ]
 
+# Public names are imported when first used (PEP 562): ``import clipnormals`` costs little, and
+# numpy, Pillow and the client's machinery load with the first name that needs them.
+_LAZY: dict[str, str] = {
+    "APIConnectionError": "._errors",
+    "APIStatusError": "._errors",
+    "APITimeoutError": "._errors",
+    "AsyncClient": "._core.client",
+    "AuthenticationError": "._errors",
+    "BadRequestError": "._errors",
+    "CircuitOpenError": "._errors",
+    "Client": "._core.sync",
+    "ClientClosedError": "._errors",
+    "ClientHaltedError": "._errors",
+    "ClientStats": "._core.results",
+    "ClipnormalsError": "._errors",
+    "CreditBudgetError": "._errors",
+    "CreditLedger": "._core.credits",
+    "CreditPolicy": "._core.credits",
+    "DirectionalLight": "._normals.relight",
+    "ImageSource": "._images.prepare",
+    "InsufficientCreditsError": "._errors",
+    "InvalidImageError": "._errors",
+    "Limiter": "._core.limiter",
+    "LocalLimiter": "._core.limiter",
+    "MapItem": "._core.results",
+    "MapIterator": "._core.map",
+    "NormalConvention": "._normals.vectors",
+    "NormalMap": "._normals.normalmap",
+    "NotAcceptableError": "._errors",
+    "PermissionDeniedError": "._errors",
+    "PrepareOptions": "._images.prepare",
+    "PreparedImage": "._images.prepare",
+    "RateLimit": "._core.limiter",
+    "RateLimitError": "._errors",
+    "RetryPolicy": "._core.retry",
+    "SHLighting": "._normals.relight",
+    "ServerError": "._errors",
+    "UnexpectedResponseError": "._errors",
+    "contact_sheet": "._normals.sheets",
+    "prepare_image": "._images.prepare",
+    "sniff_format": "._images.prepare",
+}
+
 # Names that lived here before the batch runner got its own module. They still work, with a
 # DeprecationWarning, and are not in __all__.
 _MOVED_TO_BATCH = frozenset(
@@ -111,6 +164,13 @@ _MOVED_TO_BATCH = frozenset(
 
 
 def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     if name in _MOVED_TO_BATCH:
         import warnings
 
@@ -124,3 +184,7 @@ def __getattr__(name: str) -> object:
         )
         return getattr(batch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

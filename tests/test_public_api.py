@@ -52,3 +52,24 @@ def test_error_tree() -> None:
     ):
         assert issubclass(cls, clipnormals.APIStatusError)
         assert issubclass(cls, clipnormals.ClipnormalsError)
+
+
+def test_import_loads_neither_numpy_nor_pillow_nor_the_client() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, clipnormals\n"
+        "heavy = ('numpy', 'PIL', 'httpx', 'anyio', 'clipnormals._core.client')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+        "clipnormals.AsyncClient\n"
+        "print('clipnormals._core.client' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["[]", "True"]
+
+
+def test_dir_lists_every_public_name_before_first_use() -> None:
+    assert set(clipnormals.__all__) <= set(dir(clipnormals))

@@ -254,3 +254,19 @@ def test_normal_map_relights_at_map_or_source_size() -> None:
     assert np.asarray(small)[32, 50, 0] > np.asarray(small)[32, 14, 0]
     with pytest.raises(ValueError, match="expected the map's size"):
         nm.relight(np.zeros((50, 50, 3), np.uint8), light=light)
+
+
+def test_uint8_tables_agree_with_the_float_path(
+    ball: tuple[NDArray[np.float32], NDArray[np.bool_]],
+) -> None:
+    normals, mask = ball
+    rng = np.random.default_rng(7)
+    photo = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    light = [DirectionalLight((0.4, 0.5, 0.8), intensity=1.3), SHLighting.constant(0.1)]
+    for kwargs in ({}, {"mode": "ratio", "specular": 0.4}, {"srgb": False}):
+        table = relight_image(photo, normals, mask, light=light, ambient=0.1, **kwargs)  # type: ignore[arg-type]
+        exact = relight_image(photo / 255.0, normals, mask, light=light, ambient=0.1, **kwargs)  # type: ignore[arg-type]
+        expected = np.clip(np.rint(np.asarray(exact) * 255.0), 0, 255)
+        diff = np.abs(np.asarray(table).astype(np.int16) - expected.astype(np.int16))
+        assert diff.max() <= 1, kwargs  # the tables round correctly except next to a tie
+        assert (diff == 0).mean() > 0.99, kwargs
