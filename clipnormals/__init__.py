@@ -11,13 +11,20 @@ Example:
 The batch runner behind ``clipnormals batch`` is in :mod:`clipnormals.batch`.
 
 The client is asyncio-only (its rate limiter is built on aiolimiter); ``Client`` is the blocking
-facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in for the API and
-``clipnormals.testing`` has pytest fixtures built on it.
+facade for scripts (in a notebook, ``await`` the ``AsyncClient``). ``clipnormals.emulator`` is a
+local stand-in for the API and ``clipnormals.testing`` has pytest fixtures built on it.
+
+Names load on first use, so ``import clipnormals`` costs next to nothing until the client is
+touched. The library logs to the ``clipnormals`` logger, silent (a ``NullHandler``) unless the
+application configures logging or ``CLIPNORMALS_LOG`` is set.
 """
 
+import logging
 from typing import TYPE_CHECKING
 
 from ._version import __version__
+
+logging.getLogger("clipnormals").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from ._core.client import AsyncClient

@@ -40,8 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient"]
 
-logger = logging.getLogger("clipnormals")
-logger.addHandler(logging.NullHandler())
+logger = logging.getLogger("clipnormals")  # its NullHandler is added by the package
 configure_logging_from_env(logger)
 
 S = TypeVar("S")
