@@ -73,19 +73,28 @@ class Adopted:
 
 @dataclass(frozen=True, slots=True)
 class Stopping:
-    """The run stopped sending: no request starts any more, those in flight finish."""
+    """The run stopped sending: no request starts any more, those in flight finish.
+
+    Attributes:
+        reason: why. why: the stopping error's detail.
+        sent: HTTP requests this run had started when it stopped; none starts after, so the
+            summary's request count is this number.
+    """
 
     reason: StopReason
     why: str = ""
+    sent: int = 0
     detail: ClassVar[bool] = False
 
     def __str__(self) -> str:
+        sent = f"{_plural(self.sent, 'request')} sent"
         if self.reason is StopReason.INTERRUPTED:
             return (
-                "stopping: no new request starts, those in flight finish "
+                f"stopping: no new request starts ({sent}); those in flight finish "
                 "(Ctrl-C again to abort at once)"
             )
-        return "stopping: " + STOPS[self.reason].summary.format(detail=self.why)
+        why = STOPS[self.reason].summary.format(detail=self.why)
+        return f"stopping: {why}; no new request starts ({sent})"
 
 
 @dataclass(frozen=True, slots=True)

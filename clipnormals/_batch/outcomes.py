@@ -191,8 +191,8 @@ STOPS: dict[StopReason, Stop] = {
     ),
     StopReason.UNREACHABLE: Stop(
         exit_code=ExitCode.UNAVAILABLE,
-        summary="cannot reach {detail}",
-        not_sent="not sent: cannot reach {detail}",
+        summary="cannot reach the server ({detail})",
+        not_sent="not sent: cannot reach the server ({detail})",
         error_type="CircuitOpenError",
         advice="check --base-url and the network, then run the same command again",
     ),

@@ -231,7 +231,7 @@ def _adopt(
                     digest = hash_file(path)
                 except OSError:
                     digest = ""
-                receipt = read_receipt(output_dir, digest) if digest else None
+                receipt = read_receipt(output_dir, digest, job.sha256) if digest else None
                 if receipt is not None and (
                     receipt.source_sha256 != job.sha256
                     or receipt.output_size != path.stat().st_size

@@ -3,11 +3,12 @@
 A manifest can be lost or cut short (a disk restored from a backup, a file truncated by hand,
 a run killed between writing an output and recording it). The outputs are still there, and they
 were paid for. Before an output of a fresh upload is written, a receipt is written next to the
-outputs, under ``.clipnormals/receipts/``, named after the output's SHA-256 and holding the
-source's SHA-256, the output's size, the upload's geometry and its cost. A later run that finds
-an output without a trustworthy record hashes it, looks up the receipt by that hash, and adopts
-the output when the receipt names the source's current content: the output is recorded
-``done`` without being bought again. Nothing else is ever adopted: an output whose hash has no
+outputs, under ``.clipnormals/receipts/``, named after the output's SHA-256 and the source's
+(two different sources may well get byte-identical normal maps) and holding both, the output's
+size, the upload's geometry and its cost. A later run that finds an output without a
+trustworthy record hashes it, looks up the receipt for that output and the source's current
+content, and adopts the output when it is there: the output is recorded ``done`` without being
+bought again. Nothing else is ever adopted: an output whose hash has no
 receipt, or whose receipt names other content, is processed as usual.
 
 A receipt needs no flush of its own to be safe: it only ever vouches for the exact bytes its
@@ -53,9 +54,10 @@ class Receipt:
     done_at: str | None = None
 
 
-def receipt_path(output_dir: Path, output_sha256: str) -> Path:
-    """Where the receipt of the output with this hash lives."""
-    return output_dir / RECEIPTS_DIR / output_sha256[:2] / f"{output_sha256}.json"
+def receipt_path(output_dir: Path, output_sha256: str, source_sha256: str) -> Path:
+    """Where the receipt of this output for this source lives."""
+    name = f"{output_sha256}-{source_sha256}.json"
+    return output_dir / RECEIPTS_DIR / output_sha256[:2] / name
 
 
 def write_receipt(output_dir: Path, receipt: Receipt) -> None:
@@ -70,7 +72,7 @@ def write_receipt(output_dir: Path, receipt: Receipt) -> None:
         "done_at": receipt.done_at,
     }
     text = json.dumps(data, separators=(",", ":")) + "\n"
-    path = receipt_path(output_dir, receipt.output_sha256)
+    path = receipt_path(output_dir, receipt.output_sha256, receipt.source_sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Renamed into place so a reader never sees half of one; not flushed (see above).
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
@@ -83,13 +85,17 @@ def write_receipt(output_dir: Path, receipt: Receipt) -> None:
         raise
 
 
-def read_receipt(output_dir: Path, output_sha256: str) -> Receipt | None:
-    """The receipt for the output with this hash, or ``None`` (missing, unreadable, or not
-    about that hash)."""
-    path = receipt_path(output_dir, output_sha256)
+def read_receipt(output_dir: Path, output_sha256: str, source_sha256: str) -> Receipt | None:
+    """The receipt of this output for this source, or ``None`` (missing, unreadable, or not
+    about these two)."""
+    path = receipt_path(output_dir, output_sha256, source_sha256)
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         data = json.loads(path.read_bytes())
-        if data.get("version") != _VERSION or data["output_sha256"] != output_sha256:
+        if (
+            data.get("version") != _VERSION
+            or data["output_sha256"] != output_sha256
+            or data["source_sha256"] != source_sha256
+        ):
             return None
         geometry = data.get("geometry")
         return Receipt(

@@ -237,7 +237,8 @@ class _Runner:
             scope.cancel()
         self.control.close_gates()
         if first:
-            self.reporter.phase(Stopping(reason, detail))
+            sent = self.client.stats.attempts - self.stats_before.attempts
+            self.reporter.phase(Stopping(reason, detail, sent))
 
     def abort(self) -> None:
         self.aborted = True

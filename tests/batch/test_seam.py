@@ -162,7 +162,7 @@ def test_every_stop_has_a_row_and_every_code_a_meaning() -> None:
 def test_circuit_open_names_the_host_in_the_stop() -> None:
     verdict = classify(CircuitOpenError("circuit open", host="api.example:443"))
     assert STOPS[verdict.stop or StopReason.INTERRUPTED].summary.format(detail=verdict.detail) == (
-        "cannot reach api.example:443"
+        "cannot reach the server (api.example:443)"
     )
     assert STOPS[StopReason.UNREACHABLE].exit_code == ExitCode.UNAVAILABLE == 69
 
