@@ -696,3 +696,29 @@ def test_a_fifo_given_to_normals_is_refused(tmp_path: Path, server: RunningServe
     assert done.returncode == 2
     assert "FIFO" in one_line(done.stderr)
     assert server.emulator.stats.requests == 0
+
+
+# -- an unreachable server (issue 9, item 9, batch side) ----------------------------------------
+
+
+def test_an_unreachable_server_is_one_reason_and_exit_69(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "in", 10)
+    url = f"http://127.0.0.1:{closed_port()}"
+    # The real command, with only the client's retry budget shortened (the client's own
+    # fail-fast for a server it never reached makes this unnecessary once it lands).
+    shortened = (
+        "import functools, runpy, sys\n"
+        "import clipnormals._core.client as c\n"
+        "c.RetryPolicy = functools.partial(c.RetryPolicy, total=1.0, initial=0.05,"
+        " max_backoff=0.2)\n"
+        "sys.argv = ['clipnormals', *sys.argv[1:]]\n"
+        "runpy.run_module('clipnormals', run_name='__main__')\n"
+    )
+    args = [sys.executable, "-c", shortened, *batch([str(corpus.root)], tmp_path / "out", url)[3:]]
+    done = run(args, tmp_path)
+    assert done.returncode == 69, done.stdout + done.stderr
+    assert done.stdout.count("stopping: cannot reach the server") == 1
+    assert done.stdout.strip().splitlines()[-1].startswith("check --base-url")
+    counts = summary_counts(done.stdout)
+    assert sum(counts.values()) == 10
+    assert counts["done"] == 0

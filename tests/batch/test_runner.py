@@ -516,3 +516,68 @@ async def test_the_key_never_reaches_the_manifest(corpus: Corpus, config: BatchC
     assert TEST_KEY not in text
     for line in text.splitlines():
         json.loads(line)
+
+
+async def test_an_unreachable_server_stops_the_run_with_one_reason(tmp_path: Path) -> None:
+    """A base URL where nothing listens on loopback: the run stops with one reason, records
+    the images it never sent, and ends with exit 69, in bounded time (each image does not
+    burn its own retries)."""
+    import socket
+
+    from clipnormals import AsyncClient, RateLimit
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed on leaving: nothing listens there
+    corpus = make_corpus(tmp_path / "in", 12)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    control = BatchControl()
+    rate = RateLimit(requests=600, per=60.0)
+    async with AsyncClient(
+        api_key="unreachable-test-key",
+        base_url=f"http://127.0.0.1:{port}",
+        rate_limit=rate,
+        max_concurrency=4,
+        retry=RetryPolicy(total=1.0, initial=0.05, max_backoff=0.2),
+        limiter=control.gate(LocalLimiter(rate)),
+    ) as client:
+        summary = await run_batch(config, client=client, control=control)
+    assert summary.stopped is StopReason.UNREACHABLE
+    assert summary.exit_code is ExitCode.UNAVAILABLE
+    assert summary.accounted
+    assert summary.done == 0
+    # At most the images in flight when the first one gave up were tried; the rest never were.
+    assert summary.failed <= 4
+    assert summary.not_sent >= 12 - 4
+    records = latest(config)
+    assert all(r.status in (RecordStatus.FAILED, RecordStatus.NOT_SENT) for r in records.values())
+    assert {r.error_type for r in records.values() if r.status is RecordStatus.NOT_SENT} == {
+        "CircuitOpenError"
+    }
+
+
+async def test_a_circuit_open_error_stops_the_run_naming_the_host(tmp_path: Path) -> None:
+    import httpx
+
+    from clipnormals import AsyncClient, CircuitOpenError, RateLimit
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise CircuitOpenError("the client stopped trying to connect", host="api.example:443")
+
+    corpus = make_corpus(tmp_path / "in", 6)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    async with AsyncClient(
+        api_key="circuit-test-key",
+        transport=httpx.MockTransport(handler),
+        rate_limit=RateLimit(requests=600, per=60.0),
+        retry=RetryPolicy.disabled(),
+        max_concurrency=2,
+    ) as client:
+        summary = await run_batch(config, client=client)
+    assert summary.stopped is StopReason.UNREACHABLE
+    assert summary.stop_detail == "api.example:443"
+    assert summary.exit_code == 69
+    assert summary.accounted
+    assert summary.not_sent == 6  # a circuit-open error means nothing was sent
+    messages = {r.error for r in latest(config).values()}
+    assert messages == {"not sent: cannot reach the server (api.example:443)"}
