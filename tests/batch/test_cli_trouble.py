@@ -366,7 +366,7 @@ def test_sigkill_at_random_moments_loses_at_most_concurrency_credits_each_time(
     concurrency = 4
     kills = int(os.environ.get("CLIPNORMALS_TEST_KILLS", "5"))  # more for the figures
     rng = random.Random(20260)
-    corpus = make_corpus(tmp_path / "in", 70)
+    corpus = make_corpus(tmp_path / "in", 14 * kills + 10)  # more than the kills use up
     out = tmp_path / "out"
     lost_per_kill: list[int] = []
     with emulator(rate=(200, 1.0)) as server:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -581,3 +582,30 @@ async def test_a_circuit_open_error_stops_the_run_naming_the_host(tmp_path: Path
     assert summary.not_sent == 6  # a circuit-open error means nothing was sent
     messages = {r.error for r in latest(config).values()}
     assert messages == {"not sent: cannot reach the server (api.example:443)"}
+
+
+async def test_the_eta_follows_the_measured_pace_not_only_the_quota(tmp_path: Path) -> None:
+    """With a server that takes 0.2 s an image and one request at a time, the ETA counts at
+    least 0.2 s per image left, although the quota alone would allow 600 a minute."""
+    from clipnormals.emulator import Latency
+
+    corpus = make_corpus(tmp_path / "in", 12)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    emulator = Emulator(
+        emulator_config(credits=100, rate=(600, 60.0), latency=Latency.constant(0.2))
+    )
+    seen: list[BatchProgress] = []
+    await run(
+        emulator,
+        config,
+        reporter=Recorder(lambda _record, progress: seen.append(progress)),
+        max_concurrency=1,
+    )
+    measured = [p for p in seen if p.eta_measured and p.uploads_left]
+    assert measured
+    for progress in measured:
+        assert progress.eta is not None
+        assert progress.eta >= progress.uploads_left * 0.2
+        quota_only = replace(progress, pace=None).eta
+        assert quota_only is not None
+        assert progress.eta > quota_only
