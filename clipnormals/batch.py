@@ -16,33 +16,57 @@ Example:
     ...     print(summary.done, summary.skipped, summary.failed, summary.credits_consumed)
 """
 
+from ._batch.config import BatchConfig
+from ._batch.control import BatchControl, StopGate
 from ._batch.dryrun import DryRunReport, dry_run
-from ._batch.manifest import ManifestLockedError, ManifestRecord, RecordStatus, read_manifest
-from ._batch.runner import run_batch
-from ._batch.types import (
-    BatchConfig,
-    BatchControl,
-    BatchProgress,
+from ._batch.errors import BatchInputError, OutputFolderError, SendingStoppedError
+from ._batch.events import (
+    Aborting,
+    Adopted,
     BatchReporter,
-    BatchSummary,
-    ExitCode,
+    Hashed,
     NullReporter,
-    StopReason,
+    Phase,
+    Scanning,
+    SheetsWritten,
+    Stopping,
 )
+from ._batch.manifest import (
+    Geometry,
+    ManifestLockedError,
+    ManifestRecord,
+    RecordStatus,
+    read_manifest,
+)
+from ._batch.outcomes import ExitCode, StopReason
+from ._batch.progress import BatchProgress, BatchSummary
+from ._batch.runner import run_batch
 
 __all__ = [
+    "Aborting",
+    "Adopted",
     "BatchConfig",
     "BatchControl",
+    "BatchInputError",
     "BatchProgress",
     "BatchReporter",
     "BatchSummary",
     "DryRunReport",
     "ExitCode",
+    "Geometry",
+    "Hashed",
     "ManifestLockedError",
     "ManifestRecord",
     "NullReporter",
+    "OutputFolderError",
+    "Phase",
     "RecordStatus",
+    "Scanning",
+    "SendingStoppedError",
+    "SheetsWritten",
+    "StopGate",
     "StopReason",
+    "Stopping",
     "dry_run",
     "read_manifest",
     "run_batch",

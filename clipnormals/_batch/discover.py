@@ -1,11 +1,18 @@
 """Finding the images a batch should process.
 
 An input is a file, a folder (walked recursively), or a text file listing paths, one a line.
-Inside a folder, a file is taken when its first bytes are those of an image format that
+Inside a folder, a regular file is taken when its first bytes are those of an image format that
 preparation accepts (``clipnormals._images.formats`` recognises them, HEIC and AVIF included),
 whatever its name; a file whose name says "image" but whose bytes do not is taken too, so that a
-corrupt ``.jpg`` is reported with a reason instead of vanishing. Everything else in a folder
-(text, sidecars, hidden files) is counted as ignored.
+corrupt ``.jpg`` is reported with a reason instead of vanishing. Other files are counted as
+ignored, hidden ones (a name starting with ``.``, folders included) as hidden.
+
+Nothing that is not a regular file is ever opened: a FIFO would block the run forever, a device
+could be endless. Inside a folder, broken links, link loops, FIFOs, sockets, devices and
+folders named like an image (``photos.jpg/``) are reported as invalid with the reason; links to
+folders are not followed (they can loop) and are counted as ignored. An input given directly
+that is missing, a broken link, a loop or not a file or folder raises
+:class:`BatchInputError` before anything is sent.
 
 Each image gets a key: its path relative to the input it was found through (a folder input keeps
 its tree; a file input keeps its name; a path from a list keeps its path relative to the current
@@ -14,21 +21,27 @@ directory). Keys name the outputs, so two images with the same key get stable su
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .._images.formats import sniff
+from .errors import BatchInputError
 
 __all__ = [
     "Discovery",
     "InputFile",
+    "NotRegularFileError",
     "discover",
     "file_digest",
     "hash_file",
     "looks_like_image",
+    "open_regular",
     "sniff_image_format",
 ]
 
@@ -44,7 +57,51 @@ IMAGE_SUFFIXES = frozenset(
 
 _SNIFF_BYTES = 64  # enough for every signature, ftyp brands included
 _LIST_MAX_BYTES = 64 * 1024 * 1024
-_HASH_CHUNK = 1024 * 1024
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+class NotRegularFileError(OSError):
+    """A path that had to be a regular file is something else (a FIFO, a device, a folder)."""
+
+
+def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """Open a regular file for reading; raise :class:`NotRegularFileError` for anything else.
+
+    The file is opened without blocking, so a FIFO or a device is refused instead of hanging
+    the process until a writer appears; the type is checked on the open descriptor, so a file
+    swapped for a FIFO after a check is refused too.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     fifo = Path(d, "fifo"); os.mkfifo(fifo)
+        ...     open_regular(fifo)
+        Traceback (most recent call last):
+        ...
+        clipnormals._batch.discover.NotRegularFileError: [Errno 22] a FIFO, not a regular file
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, f"{_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def sniff_image_format(head: bytes) -> str | None:
@@ -63,12 +120,16 @@ def sniff_image_format(head: bytes) -> str | None:
     return sniff(head)
 
 
+def _named_like_image(name: str) -> bool:
+    return _suffix(name).lower() in IMAGE_SUFFIXES
+
+
 def looks_like_image(path: str | os.PathLike[str]) -> bool:
-    """True when the file's bytes announce an image, or its name claims to be one."""
-    if _suffix(os.fspath(path)).lower() in IMAGE_SUFFIXES:
+    """True when the (regular) file's bytes announce an image, or its name claims to be one."""
+    if _named_like_image(os.fspath(path)):
         return True
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(_SNIFF_BYTES)
     except OSError:
         return False
@@ -77,13 +138,13 @@ def looks_like_image(path: str | os.PathLike[str]) -> bool:
 
 def _suffix(path: str) -> str:
     """``PurePath.suffix`` of a path string, without building (and interning) a path object."""
-    name = os.path.basename(path)
+    name = os.path.basename(path.rstrip("/"))
     dot = name.rfind(".")
     return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes, as hex (read in chunks; call it from a worker thread).
+    """The SHA-256 of a regular file's bytes, as hex (call it from a worker thread).
 
     Example:
         >>> import tempfile
@@ -95,13 +156,11 @@ def hash_file(path: str | os.PathLike[str]) -> str:
 
 
 def file_digest(path: str | os.PathLike[str]) -> bytes:
-    """The SHA-256 of a file's bytes, as the 32 raw bytes (half the size of the hex, for a
-    plan that keeps one per source)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.digest()
+    """The SHA-256 of a regular file's bytes, as the 32 raw bytes (half the size of the hex,
+    for a plan that keeps one per source). Raises OSError, :class:`NotRegularFileError`
+    included."""
+    with open_regular(path) as f:
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +193,16 @@ class Discovery:
 
     Attributes:
         files: the images, sorted by key.
-        missing: ``(path, reason)`` for listed paths that could not be read.
-        ignored: how many files in folders were not images.
+        invalid: ``(key, path, reason)`` for what cannot be an image: listed paths that do not
+            exist, broken links, link loops, FIFOs, devices, folders named like an image.
+        ignored: files in folders that are not images, and links to folders.
+        hidden: hidden files and folders left out of the search.
     """
 
     files: tuple[InputFile, ...]
-    missing: tuple[tuple[str, str], ...] = ()
+    invalid: tuple[tuple[str, str, str], ...] = ()
     ignored: int = 0
+    hidden: int = 0
 
 
 @dataclass(slots=True)
@@ -149,8 +211,9 @@ class _Collector:
     # Absolute path strings: path objects would cost several times as much per file, and
     # their parsing interns every file name for the life of the process.
     found: dict[str, str] = field(default_factory=dict)
-    missing: list[tuple[str, str]] = field(default_factory=list)
+    invalid: list[tuple[str, str, str]] = field(default_factory=list)
     ignored: int = 0
+    hidden: int = 0
 
     def add(self, path: str | os.PathLike[str], key: str) -> None:
         # The first input that reaches a file names it: a file given twice is processed once.
@@ -178,36 +241,59 @@ def discover(
             current directory).
 
     Raises:
-        FileNotFoundError: an input given directly does not exist.
+        BatchInputError: an input given directly is missing, a broken link, a link loop, not
+            a file or a folder, or cannot be read.
 
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as d:
         ...     _ = Path(d, "a.png").write_bytes(b"\\x89PNG\\r\\n\\x1a\\n")
         ...     _ = Path(d, "notes.txt").write_text("hello")
+        ...     _ = Path(d, ".hidden.png").write_text("hello")
         ...     found = discover([d])
-        >>> [f.key for f in found.files], found.ignored
-        (['a.png'], 1)
+        >>> [f.key for f in found.files], found.ignored, found.hidden
+        (['a.png'], 1, 1)
     """
     base = Path(cwd).resolve() if cwd is not None else Path.cwd()
     collector = _Collector(exclude=tuple(Path(base, e).resolve() for e in exclude))
     for raw in inputs:
         path = Path(base, raw)
-        if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {os.fspath(raw)}")
-        _add_input(collector, path.resolve(), base=base, listed=False)
+        mode = _check_input(path, os.fspath(raw))
+        _add_input(collector, path.resolve(), mode, base=base, given=os.fspath(raw))
     return Discovery(
         files=_unique_keys(collector.found),
-        missing=tuple(collector.missing),
+        invalid=tuple(collector.invalid),
         ignored=collector.ignored,
+        hidden=collector.hidden,
     )
 
 
-def _add_input(collector: _Collector, path: Path, *, base: Path, listed: bool) -> None:
-    if path.is_dir():
+def _check_input(path: Path, shown: str) -> int:
+    """The mode of an input given directly; raise BatchInputError when it cannot be one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise BatchInputError(
+                f"{shown} is a broken symbolic link (to {os.readlink(path)})"
+            ) from None
+        raise BatchInputError(f"no such file or folder: {shown}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BatchInputError(f"{shown} is a symbolic link loop") from None
+        raise BatchInputError(f"cannot use {shown}: {exc.strerror or exc}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise BatchInputError(f"{shown} is {_kind(mode)}, not a file or a folder")
+    return mode
+
+
+def _add_input(collector: _Collector, path: Path, mode: int, *, base: Path, given: str) -> None:
+    if stat.S_ISDIR(mode):
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            raise BatchInputError(f"cannot read the folder {given}: {exc.strerror}") from None
         _walk(collector, path)
-    elif listed:
-        collector.add(path, _key_from_base(path, base))
     elif _is_path_list(path):
         _read_list(collector, path, base=base)
     else:
@@ -217,32 +303,79 @@ def _add_input(collector: _Collector, path: Path, *, base: Path, listed: bool) -
 def _walk(collector: _Collector, root: Path) -> None:
     if collector.excluded(root):
         return
-    # Symlinked folders are not followed (they can loop); symlinked files are taken.
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and not collector.excluded(here / d)
-        )
-        prefix = "".join(f"{part}/" for part in here.relative_to(root).parts)
-        for name in sorted(filenames):
+    pending = [(os.fspath(root), "")]
+    while pending:
+        folder, prefix = pending.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            collector.invalid.append(
+                (prefix.rstrip("/") or ".", folder, f"cannot read the folder: {exc.strerror}")
+            )
+            continue
+        subfolders = []
+        for entry in entries:
+            name = entry.name
             if name.startswith("."):
+                collector.hidden += 1
                 continue
-            # Strings, not path objects, per file: see _Collector.found.
-            path = os.path.join(dirpath, name)
-            if os.path.isfile(path) and looks_like_image(path):
-                collector.add(os.path.realpath(path), prefix + name)
-            else:
+            key = prefix + name
+            reason = _classify_entry(collector, entry)
+            if reason == "folder":
+                if not collector.excluded(Path(entry.path)):
+                    subfolders.append((entry.path, key + "/"))
+            elif reason == "file":
+                if looks_like_image(entry.path):
+                    collector.add(os.path.realpath(entry.path), key)
+                else:
+                    collector.ignored += 1
+            elif reason == "ignored":
                 collector.ignored += 1
+            else:
+                collector.invalid.append((key, entry.path, reason))
+        # Depth first, in name order (the stack pops the last pushed first).
+        pending.extend(reversed(subfolders))
+
+
+def _classify_entry(collector: _Collector, entry: os.DirEntry[str]) -> str:
+    """``"file"``, ``"folder"``, ``"ignored"``, or the reason the entry is invalid."""
+    named_like_image = _named_like_image(entry.name)
+    try:
+        if entry.is_symlink():
+            try:
+                mode = os.stat(entry.path).st_mode
+            except FileNotFoundError:
+                return f"a broken symbolic link (to {os.readlink(entry.path)})"
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return "a symbolic link loop"
+                return f"cannot follow the link: {exc.strerror}"
+            if stat.S_ISDIR(mode):
+                if named_like_image:
+                    return "a link to a folder, though named like an image"
+                return "ignored"  # links to folders are not followed: they can loop
+        else:
+            mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        if named_like_image:
+            return "a folder, though named like an image (not searched: rename it)"
+        return "folder"
+    if stat.S_ISREG(mode):
+        return "file"
+    return f"{_kind(mode)}, not a regular file"
 
 
 def _is_path_list(path: Path) -> bool:
-    """A text file (UTF-8, no NUL) that is neither an image nor named like one."""
+    """A regular text file (UTF-8, no NUL) that is neither an image nor named like one."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return False
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             head = f.read(8192)
-        size = path.stat().st_size
+            size = os.fstat(f.fileno()).st_size
     except OSError:
         return False
     if not head or size > _LIST_MAX_BYTES or sniff_image_format(head) is not None:
@@ -258,22 +391,30 @@ def _is_path_list(path: Path) -> bool:
 
 
 def _read_list(collector: _Collector, list_path: Path, *, base: Path) -> None:
-    text = list_path.read_text(encoding="utf-8", errors="replace")
+    with open_regular(list_path) as f:
+        text = f.read().decode("utf-8", errors="replace")
     for line in text.splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
         path = Path(base, entry)
-        if not path.exists():
-            collector.missing.append((entry, f"listed in {list_path.name} but not found"))
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            reason = "a broken symbolic link" if os.path.islink(path) else "not found"
+            collector.invalid.append((entry, entry, f"listed in {list_path.name} but {reason}"))
+            continue
+        except OSError as exc:
+            why = "a symbolic link loop" if exc.errno == errno.ELOOP else exc.strerror
+            collector.invalid.append((entry, entry, f"listed in {list_path.name}: {why}"))
             continue
         path = path.resolve()
-        if path.is_dir():
+        if stat.S_ISDIR(mode):
             _walk(collector, path)
-        elif path.is_file():
+        elif stat.S_ISREG(mode):
             collector.add(path, _key_from_base(path, base))
         else:
-            collector.missing.append((entry, "not a regular file"))
+            collector.invalid.append((entry, entry, f"{_kind(mode)}, not a regular file"))
 
 
 def _key_from_base(path: Path, base: Path) -> str:

@@ -2,14 +2,17 @@
 
 Each record describes one source image: its key (path relative to the input it was found
 through), its absolute path, the SHA-256 of its bytes, the output written (relative to the output
-folder) with the output's own size and SHA-256, a status, attempts, credits, the error, and a
-timestamp. The latest record of a source wins.
+folder) with the output's own size and SHA-256, the geometry of the upload (so that later runs
+can map the normal map back to the source without preparing the source again), a status,
+attempts, credits, the error, and a timestamp. The latest record of a source wins.
 
 A record is appended (and flushed to the disk) only after the output it names is durably in
 place, so a record marked ``done`` can be trusted once its output still matches. A process killed
 while appending leaves a torn last line; the reader ignores it and the writer cuts it off before
-appending again. At the start of a run the writer compacts the file to the latest record per
-source, so it does not grow with every rerun.
+appending again. A run appends only records that change something (an image done, failed,
+rejected, not sent, or adopted); an image found done is not recorded again, so a rerun that has
+nothing to do leaves the file as it was. When superseded or torn lines are present, the writer
+compacts the file to the latest record per source at the start of a run.
 
 A lock file next to the manifest keeps two runs from writing the same manifest at once.
 """
@@ -20,7 +23,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import IO, Any
 
 from .._atomic import atomic_write_bytes, fsync_dir
 from .._errors import ClipnormalsError
+from .._images.prepare import PreparedImage
 
 try:
     import fcntl
@@ -35,6 +39,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "Geometry",
     "ManifestLockedError",
     "ManifestRecord",
     "ManifestState",
@@ -62,6 +67,73 @@ class ManifestLockedError(ClipnormalsError):
     """Another run is writing this manifest."""
 
 
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """How an upload relates to its source: what mapping a normal map back needs.
+
+    Attributes:
+        size: (width, height) of the uploaded image, in pixels: the normal map's size.
+        display_size: (width, height) of the source as a viewer sees it (after EXIF
+            orientation, before any downscale).
+        orientation: the EXIF orientation (1..8) applied before upload; 1 means none.
+
+    Example:
+        >>> Geometry.from_json({"size": [4, 3], "display_size": [8, 6], "orientation": 1}).scale
+        0.5
+    """
+
+    size: tuple[int, int]
+    display_size: tuple[int, int]
+    orientation: int = 1
+
+    @property
+    def scale(self) -> float:
+        """Uploaded width over displayed width: 1.0 unless the upload was downscaled."""
+        return self.size[0] / self.display_size[0]
+
+    @classmethod
+    def of(cls, prepared: PreparedImage) -> Geometry:
+        """The geometry of a prepared upload."""
+        return cls(prepared.size, prepared.display_size, int(prepared.orientation))
+
+    def to_json(self) -> dict[str, Any]:
+        """As JSON-ready data."""
+        return {
+            "size": list(self.size),
+            "display_size": list(self.display_size),
+            "orientation": self.orientation,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Geometry:
+        """Parse :meth:`to_json`'s shape; raise ValueError on anything else."""
+        try:
+            w, h = (int(v) for v in data["size"])
+            dw, dh = (int(v) for v in data["display_size"])
+            orientation = int(data.get("orientation", 1))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a geometry: {exc}") from None
+        if min(w, h, dw, dh) < 1 or not 1 <= orientation <= 8:
+            raise ValueError("not a geometry: sizes must be positive, orientation 1..8")
+        return cls((w, h), (dw, dh), orientation)
+
+    def as_prepared(self, *, sha256: str = "", name: str | None = None) -> PreparedImage:
+        """A :class:`PreparedImage` that carries this geometry and no bytes: enough for a
+        :class:`NormalMap` to map itself back to the source, not for an upload."""
+        return PreparedImage(
+            data=b"",
+            format="",
+            content_type="",
+            filename="",
+            size=self.size,
+            display_size=self.display_size,
+            orientation=self.orientation,
+            source_sha256=sha256,
+            source_name=name,
+            changes=(),
+        )
+
+
 def utc_now() -> str:
     """The current time as an ISO 8601 UTC timestamp with millisecond precision."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -78,11 +150,14 @@ class ManifestRecord:
         status: what became of it in the run that wrote the record.
         output: the normal map's path relative to the output folder.
         output_sha256, output_size: the output's own hash and size, to check it on resume.
+        geometry: the upload's :class:`Geometry` (``None`` when nothing was uploaded).
         attempts: HTTP attempts made for it (0 when nothing was sent for it).
         credits: credits its output cost (kept on ``skipped`` records; 0 for a copy).
         credits_remaining: the balance the response reported.
         error_type, error: why it failed, was not sent, or was rejected.
         duplicate_of: the source whose output it copied (same content, one upload).
+        seconds: for an upload, the seconds from handing it to the client to its answer
+            (preparation, waits for the quota, retries and the server's time included).
         done_at: when its output was produced; time: when the record was written.
 
     Example:
@@ -100,19 +175,22 @@ class ManifestRecord:
     output: str | None = None
     output_sha256: str | None = None
     output_size: int | None = None
+    geometry: Geometry | None = None
     attempts: int = 0
     credits: int = 0
     credits_remaining: int | None = None
     error_type: str | None = None
     error: str | None = None
     duplicate_of: str | None = None
+    seconds: float | None = None
     done_at: str | None = None
     time: str = ""
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = self.status.value
+        data["geometry"] = None if self.geometry is None else self.geometry.to_json()
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -130,6 +208,8 @@ class ManifestRecord:
         values = {k: v for k, v in data.items() if k in known}
         try:
             values["status"] = RecordStatus(values["status"])
+            if values.get("geometry") is not None:
+                values["geometry"] = Geometry.from_json(values["geometry"])
             if not isinstance(values["source"], str) or not isinstance(values["path"], str):
                 raise TypeError("source and path must be strings")
             return cls(**values)

@@ -2,8 +2,10 @@
 
 Sources are grouped by the SHA-256 of their bytes, so identical images cost one upload. A source
 is complete when its latest manifest record says so for the same content and its output still
-has the recorded size and hash; a group with a complete member, or whose content another source
-already paid for, is served by copying that output instead of sending again.
+has the recorded size *and* hash. A source without such a record whose output is on the disk
+with a receipt naming its content is adopted (see :mod:`.receipts`): recorded ``done``, not
+bought again. A group with a complete member, or whose content another source already paid for,
+is served by copying that output instead of sending again.
 """
 
 from __future__ import annotations
@@ -17,110 +19,20 @@ import anyio
 import anyio.to_thread
 
 from .discover import Discovery, InputFile, discover, file_digest, hash_file
+from .jobs import Job, Member
 from .manifest import (
     COMPLETE,
     ManifestRecord,
     ManifestState,
-    RecordStatus,
     read_manifest,
-    utc_now,
 )
+from .receipts import read_receipt
+from .records import Records
 
-__all__ = [
-    "BatchPlan",
-    "Job",
-    "Member",
-    "Outputs",
-    "make_plan",
-]
+__all__ = ["BatchPlan", "make_plan", "output_intact"]
 
 _HASH_CHUNK_FILES = 32
 _NOT_HASHED = OSError("not hashed")
-
-
-@dataclass(frozen=True, slots=True)
-class Outputs:
-    """Where a source's outputs go, relative to the output folder.
-
-    The names are derived from the key when asked for: a batch holds a plan entry per source,
-    and three stored names would be most of its weight.
-
-    Example:
-        >>> Outputs.for_key("a/b.png").npz
-        'a/b.png.normals.npz'
-    """
-
-    key: str
-
-    @classmethod
-    def for_key(cls, key: str) -> Outputs:
-        """``<key>.normals.jpg`` (the response bytes), ``<key>.normals.npz``,
-        ``<key>.preview.jpg``."""
-        return cls(key)
-
-    @property
-    def normals(self) -> str:
-        return f"{self.key}.normals.jpg"
-
-    @property
-    def npz(self) -> str:
-        return f"{self.key}.normals.npz"
-
-    @property
-    def preview(self) -> str:
-        return f"{self.key}.preview.jpg"
-
-
-@dataclass(slots=True)
-class Member:
-    """One source of a content group."""
-
-    file: InputFile
-    previous: ManifestRecord | None
-
-    @property
-    def key(self) -> str:
-        return self.file.key
-
-    @property
-    def outputs(self) -> Outputs:
-        return Outputs(self.file.key)
-
-
-@dataclass(slots=True)
-class Job:
-    """The work for one distinct content.
-
-    Attributes:
-        digest: the content's SHA-256 (raw bytes; :attr:`sha256` is its hex).
-        pending: members that need their normal map written.
-        complete: members whose output is intact (with their latest record); a tuple, as
-            most jobs have none and an empty tuple is shared where a list is not.
-        reuse: an intact output with this content (relative path) to copy from, or ``None``
-            when the content has to be sent.
-        reuse_record: the record of that output.
-        settled: set by the runner once the job's records are written.
-    """
-
-    digest: bytes
-    pending: list[Member] = field(default_factory=list)
-    complete: tuple[tuple[Member, ManifestRecord], ...] = ()
-    reuse: str | None = None
-    reuse_record: ManifestRecord | None = None
-    settled: bool = False
-
-    @property
-    def sha256(self) -> str:
-        """The content's SHA-256 as hex, as the manifest records it."""
-        return self.digest.hex()
-
-    @property
-    def needs_send(self) -> bool:
-        return bool(self.pending) and self.reuse is None
-
-    @property
-    def members(self) -> list[Member]:
-        return self.pending + [m for m, _ in self.complete]
 
 
 @dataclass(slots=True)
@@ -131,13 +43,16 @@ class BatchPlan:
         discovery: the files found.
         state: the manifest as read.
         jobs: one per distinct readable content, in key order of their first member.
-        unreadable: records for sources that could not be read (missing, permissions).
+        unreadable: records for sources that cannot be processed at all (missing, not a
+            regular file, unreadable).
+        adopted: records for outputs adopted through their receipts (``done``, nothing paid).
     """
 
     discovery: Discovery
     state: ManifestState
     jobs: list[Job]
     unreadable: list[ManifestRecord]
+    adopted: list[ManifestRecord] = field(default_factory=list)
 
     @property
     def sends(self) -> list[Job]:
@@ -151,13 +66,8 @@ class BatchPlan:
 
     @property
     def complete_count(self) -> int:
-        """Sources whose output is already in place."""
+        """Sources whose output is already in place (adopted ones included)."""
         return sum(len(j.complete) for j in self.jobs)
-
-    @property
-    def copy_count(self) -> int:
-        """Sources that get a copy of an output already paid for (this run's or an earlier)."""
-        return sum(len(j.pending) - (1 if j.needs_send else 0) for j in self.jobs)
 
 
 async def make_plan(
@@ -166,7 +76,7 @@ async def make_plan(
     output_dir: Path,
     manifest: Path,
     cwd: Path | None = None,
-    workers: int = 2,
+    threads: int = 2,
     on_hashed: Callable[[int, int], None] | None = None,
 ) -> BatchPlan:
     """Find the sources, hash them, and decide what each one needs.
@@ -176,27 +86,30 @@ async def make_plan(
         output_dir: the output folder (left out of the search when it lies inside an input).
         manifest: the manifest to resume from (missing: a first run).
         cwd: the directory relative paths are taken from.
-        workers: worker threads for hashing.
+        threads: worker threads for hashing.
         on_hashed: called as ``on_hashed(done, total)`` while hashing.
+
+    Raises:
+        BatchInputError: an input given directly cannot be used.
     """
     discovery = await anyio.to_thread.run_sync(
         lambda: discover(inputs, exclude=[output_dir], cwd=cwd)
     )
     state = await anyio.to_thread.run_sync(read_manifest, manifest)
-    hashes = await _hash_all(discovery.files, workers=workers, on_hashed=on_hashed)
+    hashes = await _hash_all(discovery.files, threads=threads, on_hashed=on_hashed)
     return await anyio.to_thread.run_sync(lambda: _resolve(discovery, state, hashes, output_dir))
 
 
 async def _hash_all(
     files: Sequence[InputFile],
     *,
-    workers: int,
+    threads: int,
     on_hashed: Callable[[int, int], None] | None,
 ) -> list[bytes | OSError]:
     """The digest (or the read error) of each file, in the order of ``files``."""
     # A list by position rather than a dict by path: one slot per source, no second key.
     results: list[bytes | OSError] = [_NOT_HASHED] * len(files)
-    limiter = anyio.CapacityLimiter(max(1, workers))
+    limiter = anyio.CapacityLimiter(max(1, threads))
     total = len(files)
     hashed = 0
 
@@ -221,7 +134,8 @@ async def _hash_all(
 
 
 def output_intact(output_dir: Path, record: ManifestRecord) -> bool:
-    """True when the record's output still has the size and hash it was written with."""
+    """True when the record's output still has the size *and* the hash it was written with
+    (a file of the right size with other bytes is not intact)."""
     if record.output is None or record.output_size is None or record.output_sha256 is None:
         return False
     path = output_dir / record.output
@@ -240,31 +154,19 @@ def _resolve(
     output_dir: Path,
 ) -> BatchPlan:
     jobs: dict[bytes, Job] = {}
-    unreadable: list[ManifestRecord] = []
-    now = utc_now()
-    for entry, reason in discovery.missing:
-        unreadable.append(
-            ManifestRecord(
-                source=entry,
-                path=entry,
-                sha256=None,
-                status=RecordStatus.INVALID,
-                error_type="FileNotFoundError",
-                error=reason,
-                time=now,
-            )
-        )
+    records = Records()
+    unreadable = [
+        records.unreadable(key, path, "NotAnImageFile", reason)
+        for key, path, reason in discovery.invalid
+    ]
     for f, digest in zip(discovery.files, hashes, strict=True):
         if isinstance(digest, OSError):
             unreadable.append(
-                ManifestRecord(
-                    source=f.key,
-                    path=f.fspath,
-                    sha256=None,
-                    status=RecordStatus.INVALID,
-                    error_type=type(digest).__name__,
-                    error=f"cannot read the file: {digest.strerror or digest}",
-                    time=now,
+                records.unreadable(
+                    f.key,
+                    f.fspath,
+                    type(digest).__name__,
+                    f"cannot read the file: {digest.strerror or digest}",
                 )
             )
             continue
@@ -286,19 +188,64 @@ def _resolve(
         else:
             job.pending = [member]  # sized for the usual one member
     by_sha = _complete_records_by_sha(state.records.values())
+    adopted = _adopt(jobs.values(), records, output_dir, paid=by_sha)
     for job in jobs.values():
         if not job.pending:
             continue
         if job.complete:
-            _member, record = job.complete[0]
-            job.reuse, job.reuse_record = record.output, record
+            job.reuse_record = job.complete[0][1]
             continue
         for record in by_sha.get(job.sha256, ()):
             if output_intact(output_dir, record):
-                job.reuse, job.reuse_record = record.output, record
+                job.reuse_record = record
                 break
     ordered = sorted(jobs.values(), key=lambda j: min(m.key for m in j.members))
-    return BatchPlan(discovery=discovery, state=state, jobs=ordered, unreadable=unreadable)
+    return BatchPlan(
+        discovery=discovery, state=state, jobs=ordered, unreadable=unreadable, adopted=adopted
+    )
+
+
+def _adopt(
+    jobs: Iterable[Job],
+    records: Records,
+    output_dir: Path,
+    *,
+    paid: dict[str, list[ManifestRecord]],
+) -> list[ManifestRecord]:
+    """Move pending members whose output is on the disk with a matching receipt to complete.
+
+    The upload's credit goes on the first adopted record of a content whose payment no record
+    shows yet; every other adopted source is recorded as a copy."""
+    adopted: list[ManifestRecord] = []
+    for job in jobs:
+        if not job.pending:
+            continue
+        keep: list[Member] = []
+        first: str | None = None
+        recorded = any(r.credits for r in paid.get(job.sha256, ()))
+        for member in job.pending:
+            path = output_dir / member.outputs.normals
+            receipt = None
+            if path.is_file():  # rare: an output without a trustworthy record
+                try:
+                    digest = hash_file(path)
+                except OSError:
+                    digest = ""
+                receipt = read_receipt(output_dir, digest, job.sha256) if digest else None
+                if receipt is not None and (
+                    receipt.source_sha256 != job.sha256
+                    or receipt.output_size != path.stat().st_size
+                ):
+                    receipt = None
+            if receipt is None:
+                keep.append(member)
+                continue
+            record = records.adopted(member, job, receipt, paid=not recorded and first is None)
+            first = first or member.key
+            adopted.append(record)
+            job.complete += ((member, record),)
+        job.pending = keep
+    return adopted
 
 
 def _complete_records_by_sha(

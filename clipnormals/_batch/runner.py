@@ -1,58 +1,83 @@
 """The batch runner: a folder of portraits in, a folder of normal maps out, one credit per image.
 
-Order of work: find and hash the sources, read the manifest, write ``skipped`` records for the
-outputs already in place, copy outputs whose content was already paid for, then stream the rest
-through :meth:`AsyncClient.map` (preparation in worker threads, a few images ahead). Each result
-is written atomically for every source with that content and only then recorded.
+Order of work: prove the output folder writable and take the manifest's lock; find and hash the
+sources, read the manifest, adopt outputs whose records were lost; copy outputs whose content
+was already paid for; then stream the rest through :meth:`AsyncClient.map`, each image prepared
+by :meth:`AsyncClient.prepare` a few images ahead. Each result is written atomically for every
+source with that content and only then recorded.
 
-Stopping: :class:`BatchControl` ``stop()`` (first Ctrl-C) stops handing images to the client and
-lets those already handed over finish; running out of credits or a refused key stops the same
-way. ``abort()`` (second Ctrl-C) cancels at once. In every case the manifest holds whole records,
-each written after its output, and sources never handed over are recorded as ``not_sent``
-(except after an abort, when a rerun finds them without a record, which means the same).
+The kill -9 bound: at most ``client.max_concurrency`` uploads are handed to the client and not
+yet recorded. An upload's slot is taken when it is handed over and given back only once its
+record is in the manifest, so an answer already received is written before its slot takes a
+new request; a process killed at any instant has at most that many answers the server may have
+charged for and the manifest does not show.
+
+Stopping: :class:`BatchControl` ``stop()`` (first Ctrl-C), running out of credits, a refused
+key, a server that cannot be reached and an output that cannot be written all stop the same
+way: nothing more is handed to the client, the control's gates refuse every request that has
+not started (images waiting for a token are recorded ``not_sent``), and requests in flight
+finish and are recorded. ``abort()`` (second Ctrl-C) cancels at once. In every case every source
+ends in exactly one count: each gets a record at the end of the run (``not_sent`` for those
+never sent, ``failed`` for those an abort cut off in flight), or was already done.
 """
 
 from __future__ import annotations
 
+import hashlib
+import operator
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._atomic import remove_stale_temporaries
 from .._core.client import AsyncClient
 from .._core.results import MapItem
 from .._errors import ClipnormalsError, InvalidImageError
-from .._images.prepare import PreparedImage, PrepareOptions, prepare_image
-from .manifest import ManifestRecord, ManifestWriter, RecordStatus, utc_now
-from .outputs import (
-    copy_outputs,
-    failed_records,
-    unsent_records,
-    write_contact_sheets,
-    write_outputs,
-)
-from .plan import BatchPlan, Job, make_plan
-from .types import (
-    BatchConfig,
-    BatchControl,
-    BatchProgress,
+from .._images.prepare import PreparedImage
+from .config import BatchConfig
+from .control import BatchControl
+from .discover import open_regular
+from .errors import SendingStoppedError
+from .events import (
+    Aborting,
+    Adopted,
     BatchReporter,
-    BatchSummary,
+    Hashed,
     NullReporter,
-    StopReason,
-    classify_error,
+    Scanning,
+    SheetsWritten,
+    Stopping,
 )
+from .folder import check_output_folder, tidy_output_folder
+from .jobs import Job, JobState, Member
+from .manifest import Geometry, ManifestRecord, ManifestWriter, RecordStatus
+from .outcomes import STOPS, RunContext, StopReason, classify
+from .plan import BatchPlan, make_plan
+from .progress import BatchProgress, BatchSummary, PaceMeter, progress_fields
+from .receipts import Receipt
+from .records import Content, Records
+from .sheets import SheetEntry, write_contact_sheets
+from .writing import read_output, write_content
 
 __all__ = ["run_batch"]
 
 _TICK = 0.5
 _PREPARED_AHEAD = 2
+# What a record says about its source; a new record equal in these changes nothing.
+_MEANINGFUL = (
+    "path",
+    "sha256",
+    "status",
+    "output",
+    "output_sha256",
+    "error_type",
+    "error",
+    "duplicate_of",
+)
 
 
 async def run_batch(
@@ -64,13 +89,15 @@ async def run_batch(
 ) -> BatchSummary:
     """Process every source of ``config`` through ``client``; resume where a run left off.
 
-    The client decides the quota, retries and credit limits; give it ``max_concurrency`` of a
-    few times the rate per second times the latency, not more: a graceful stop lets the images
-    already handed to it finish.
+    The client decides the quota, retries, credit limits, how images are prepared and how many
+    requests are in flight (``max_concurrency``, also the most uploads a ``kill -9`` can lose).
+    For a graceful stop that starts no request at all, build the client with
+    ``limiter=control.gate(...)`` (see :class:`BatchControl`).
 
     Raises:
-        FileNotFoundError: an input does not exist.
-        ManifestLockedError: another run is writing the same manifest.
+        BatchInputError: an input given directly cannot be used; nothing was sent.
+        OutputFolderError: the output folder cannot be written; nothing was sent.
+        ManifestLockedError: another run is writing the same manifest; nothing was sent.
 
     Example:
         >>> async def main() -> None:
@@ -83,7 +110,7 @@ async def run_batch(
     try:
         return await runner.run()
     except BaseExceptionGroup as group:
-        # Task groups wrap what a worker raised (a full disk, say); hand over the error itself.
+        # Task groups wrap what a worker raised (a bug, say); hand over the error itself.
         raise _first_error(group) from None
 
 
@@ -106,21 +133,22 @@ class _Runner:
         self.client = client
         self.reporter = reporter
         self.control = control
-        self.threads = anyio.CapacityLimiter(config.workers)
+        self.threads = anyio.CapacityLimiter(config.threads)
         self.write_lock = anyio.Lock()
         self.writer = ManifestWriter(config.manifest_path)
-        self.counts: Counter[RecordStatus] = Counter()
+        self.progress = BatchProgress(rate_limit=client.rate_limit)
         self.failures: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
-        self.copied = 0
-        self.uploaded = 0
-        self.total = 0
-        self.to_send = 0
-        self.handed: list[Job] = []
-        self.settled = 0  # jobs whose records are written (each marks itself settled)
-        self.finished: list[tuple[Path, Path]] = []  # (source, normal map) done or skipped
-        self.stopped: str | None = None
+        self.pace = PaceMeter()
+        self.sheet_entries: list[SheetEntry] = []
+        self.plan: BatchPlan | None = None
+        self.handed = 0  # uploads handed to the client
+        self.handed_settled = 0  # ... of which the records are written
+        self.slots = anyio.Semaphore(client.max_concurrency)
+        self.slot_waiters: set[anyio.CancelScope] = set()
+        self.stopped: StopReason | None = None
         self.stop_detail = ""
+        self.aborted = False
         self.stats_before = client.stats
         self.consumed_before = client.credits.consumed
         self.started = 0.0
@@ -131,117 +159,248 @@ class _Runner:
 
     async def run(self) -> BatchSummary:
         self.started = anyio.current_time()
-        self.control._attach(lambda: self.request_stop(StopReason.INTERRUPTED), self.abort)
         config = self.config
+        self.reporter.phase(Scanning())
+        await anyio.to_thread.run_sync(partial(check_output_folder, config, create=True))
         await anyio.to_thread.run_sync(self.writer.__enter__)
+        self.control._attach(lambda: self.request_stop(StopReason.INTERRUPTED), self.abort)
         try:
             with self.run_scope:
-                self.reporter.phase("looking for images")
-                plan = await make_plan(
+                plan = self.plan = await make_plan(
                     config.inputs,
                     output_dir=config.output_dir,
                     manifest=config.manifest_path,
                     cwd=config.cwd,
-                    workers=config.workers,
-                    on_hashed=lambda n, total: self.reporter.phase(f"hashed {n}/{total} images"),
+                    threads=config.threads,
+                    on_hashed=lambda n, total: self.reporter.phase(Hashed(n, total)),
                 )
-                await anyio.to_thread.run_sync(self._prepare_folder, plan)
-                self.total = plan.total
-                self.to_send = len(plan.sends)
-                self.reporter.start(self.progress())
+                await anyio.to_thread.run_sync(tidy_output_folder, config, self.writer, plan.state)
+                self.progress = replace(
+                    self.progress,
+                    total=plan.total,
+                    to_send=len(plan.sends),
+                    skipped=plan.complete_count,
+                )
+                self._remember_complete(plan)
+                self.reporter.start(self.snapshot())
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._ticker)
                     await self._execute(plan)
                     tg.cancel_scope.cancel()
         finally:
-            await anyio.to_thread.run_sync(self.writer.close)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._finish()
+                finally:
+                    await anyio.to_thread.run_sync(self.writer.close)
         summary = self.summary()
         self.reporter.finish(summary)
         return summary
 
-    def _prepare_folder(self, plan: BatchPlan) -> None:
-        self.config.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.config.output_dir)
-        if plan.state.needs_compaction:
-            self.writer.compact(plan.state)
-
     async def _execute(self, plan: BatchPlan) -> None:
         await self._record(plan.unreadable)
-        local: list[Job] = []
-        for job in plan.jobs:
-            if job.needs_send:
-                continue
-            if job.pending or self.config.any_extras:
-                local.append(job)  # a copy to make, or extras that may be missing
-            else:
-                await self._record_skipped(job)
+        if plan.adopted:
+            await self._append(plan.adopted)
+            self.reporter.phase(Adopted(len(plan.adopted)))
         async with anyio.create_task_group() as tg:
-            for job in local:
-                tg.start_soon(self._copy_job, job)
+            for job in plan.jobs:
+                if not job.needs_send and (job.pending or self._extras_missing(job)):
+                    tg.start_soon(self._copy_job, job)
         await self._send_all(plan.sends)
-        if self.control.abort_requested:
-            return
-        await self._record_unsent(plan.sends)
-        # After a Ctrl-C the user wants out: sheets can wait for the next run.
-        if self.config.contact_sheets and self.finished and self.stopped != StopReason.INTERRUPTED:
-            self.reporter.phase("writing contact sheets")
-            await anyio.to_thread.run_sync(
-                partial(write_contact_sheets, self.config, self.finished), limiter=self.threads
-            )
 
-    def request_stop(self, reason: str, detail: str = "") -> None:
-        if self.stopped is None:
+    async def _finish(self) -> None:
+        """Record every upload that has no outcome yet; draw the contact sheets."""
+        plan = self.plan
+        if plan is None:
+            return
+        unsettled = [j for j in plan.sends if j.state is not JobState.SETTLED]
+        if unsettled:
+            await self._record_unsent(unsettled)
+        if (
+            self.config.contact_sheets
+            and self.sheet_entries
+            and self.stopped is not StopReason.INTERRUPTED
+        ):
+            drawn, unchanged = await anyio.to_thread.run_sync(
+                write_contact_sheets, self.config, self.sheet_entries, limiter=self.threads
+            )
+            self.reporter.phase(SheetsWritten(drawn, unchanged))
+
+    def request_stop(self, reason: StopReason, detail: str = "") -> None:
+        """Stop sending: nothing more is handed over, no request starts, in-flight ones end."""
+        first = self.stopped is None
+        if first:
             self.stopped = reason
             self.stop_detail = detail
         self.prepare_scope.cancel()
+        for scope in list(self.slot_waiters):
+            scope.cancel()
+        self.control.close_gates()
+        if first:
+            sent = self.client.stats.attempts - self.stats_before.attempts
+            self.reporter.phase(Stopping(reason, detail, sent))
 
     def abort(self) -> None:
+        self.aborted = True
+        self.reporter.phase(Aborting())
         self.request_stop(StopReason.INTERRUPTED, "aborted")
         self.run_scope.cancel()
 
     async def _ticker(self) -> None:
         while True:
             await anyio.sleep(_TICK)
-            self.reporter.tick(self.progress())
+            self.reporter.tick(self.snapshot())
 
     # -- records ---------------------------------------------------------------------------
 
-    async def _record(self, records: Sequence[ManifestRecord]) -> None:
-        if not records:
-            return
+    async def _append(self, records: Sequence[ManifestRecord]) -> None:
         async with self.write_lock:
             await anyio.to_thread.run_sync(self.writer.append, records)
+
+    async def _record(
+        self, records: Sequence[ManifestRecord], job: Job | None = None, *, copies: int = 0
+    ) -> None:
+        """Append ``records``, then count them: the counts never run ahead of the manifest.
+
+        A record that says what the source's latest record already says (an image still
+        invalid for the same reason, still not sent for the same reason) is counted but not
+        appended: reruns append only what changed."""
+        if not records:
+            return
+        changed = [r for r in records if self._changes(r)]
+        if changed:
+            await self._append(changed)
+        # From here to the end, nothing awaits: the counts, the job's state and its slot
+        # change together, so every snapshot adds up.
+        if job is not None:
+            if job.state is JobState.HANDED:
+                self.handed_settled += 1
+                self.slots.release()
+            if job.state is not JobState.SETTLED and job.needs_send:
+                self.progress = replace(
+                    self.progress, uploads_settled=self.progress.uploads_settled + 1
+                )
+            job.state = JobState.SETTLED
+        counts = Counter(r.status for r in records)
+        uploaded = sum(1 for r in records if r.status is RecordStatus.DONE and r.credits)
+        p = self.progress
+        self.progress = replace(
+            p,
+            done=p.done + counts[RecordStatus.DONE],
+            uploaded=p.uploaded + uploaded,
+            copied=p.copied + copies,
+            failed=p.failed + counts[RecordStatus.FAILED],
+            invalid=p.invalid + counts[RecordStatus.INVALID],
+            not_sent=p.not_sent + counts[RecordStatus.NOT_SENT],
+        )
         for record in records:
-            self.counts[record.status] += 1
-            if (
-                self.config.contact_sheets  # kept only for them: O(N) paths otherwise
-                and record.status in (RecordStatus.DONE, RecordStatus.SKIPPED)
-                and record.output is not None
-            ):
-                self.finished.append((Path(record.path), self.config.output_dir / record.output))
             if record.status is RecordStatus.FAILED:
                 self.failures[record.error_type or "error"] += 1
             elif record.status is RecordStatus.INVALID:
                 self.rejections[record.error_type or "error"] += 1
-            self.reporter.item(record, self.progress())
+            elif record.status is RecordStatus.DONE:
+                self._remember_output(record)
+        snapshot = self.snapshot()
+        for record in records:
+            self.reporter.item(record, snapshot)
 
-    async def _record_skipped(self, job: Job) -> None:
-        now = utc_now()
-        await self._record(
-            [
-                replace(record, status=RecordStatus.SKIPPED, time=now)
-                for _member, record in job.complete
-            ]
+    def _changes(self, record: ManifestRecord) -> bool:
+        previous = self.plan.state.records.get(record.source) if self.plan else None
+        return previous is None or any(
+            getattr(previous, name) != getattr(record, name) for name in _MEANINGFUL
         )
+
+    def _remember_complete(self, plan: BatchPlan) -> None:
+        for job in plan.jobs:
+            for _member, record in job.complete:
+                self._remember_output(record)
+
+    def _remember_output(self, record: ManifestRecord) -> None:
+        if self.config.contact_sheets and record.output and record.output_sha256:
+            self.sheet_entries.append(
+                SheetEntry(record.output, record.path, record.output_sha256, record.sha256 or "")
+            )
+
+    def _unsent_words(self) -> tuple[str, str]:
+        """``(error_type, error)`` of the images the current stop leaves unsent (the table's)."""
+        stop = STOPS[self.stopped or StopReason.INTERRUPTED]
+        message = stop.not_sent.format(detail=self.stop_detail)
+        if (
+            self.stop_detail
+            and "{detail}" not in stop.not_sent
+            and self.stopped is not StopReason.INTERRUPTED
+        ):
+            message = f"{message} ({self.stop_detail})"
+        return stop.error_type, message
+
+    async def _record_unsent(self, jobs: list[Job]) -> None:
+        error_type, message = self._unsent_words()
+        records = Records()
+        for job in jobs:
+            if job.state is JobState.HANDED:
+                # Cut off by an abort while in flight: the server may have charged for it.
+                rows = records.failed(
+                    job,
+                    RecordStatus.FAILED,
+                    "Aborted",
+                    "aborted while in flight: the server may have answered, unread",
+                )
+            else:
+                rows = records.failed(job, RecordStatus.NOT_SENT, error_type, message)
+            await self._record(rows, job)
+
+    # -- local work ------------------------------------------------------------------------
+
+    def _extras_missing(self, job: Job) -> bool:
+        config = self.config
+        if not config.any_extras or not job.complete:
+            return False
+        out = config.output_dir
+        for member, _record in job.complete:
+            if config.npz and not (out / member.outputs.npz).exists():
+                return True
+            if config.previews and not (out / member.outputs.preview).exists():
+                return True
+        return False
 
     async def _copy_job(self, job: Job) -> None:
         """Outputs for a content already paid for: copy, and fill in missing extras."""
+        source = job.reuse_record or job.complete[0][1]
         with anyio.CancelScope(shield=True):
-            records = await anyio.to_thread.run_sync(
-                partial(copy_outputs, self.config, job), limiter=self.threads
-            )
-        self.copied += sum(1 for r in records if r.status is RecordStatus.DONE)
-        await self._record(records)
+            try:
+                content = await anyio.to_thread.run_sync(
+                    read_output, self.config, source, limiter=self.threads
+                )
+                if self.config.npz and content.geometry is None:
+                    content = replace(content, geometry=await self._geometry(job))
+                await anyio.to_thread.run_sync(
+                    partial(
+                        write_content,
+                        self.config,
+                        content,
+                        job.pending,
+                        extras_for=[m for m, _ in job.complete],
+                    ),
+                    limiter=self.threads,
+                )
+            except OSError as exc:
+                if job.pending:
+                    await self._record(
+                        Records().failed(job, RecordStatus.FAILED, "OSError", str(exc))
+                    )
+                return
+            await self._record(Records().done(job, content), copies=len(job.pending))
+
+    async def _geometry(self, job: Job) -> Geometry | None:
+        """The geometry of an upload an old manifest did not record: prepare the source once
+        more, with the client's own options."""
+        member = (job.pending or [m for m, _ in job.complete])[0]
+        try:
+            data = await anyio.to_thread.run_sync(_read_source, member, limiter=self.threads)
+            prepared = await self.client.prepare(data, name=member.key)
+        except (OSError, ClipnormalsError):
+            return None
+        return Geometry.of(prepared)
 
     # -- uploads ---------------------------------------------------------------------------
 
@@ -254,9 +413,12 @@ class _Runner:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._prepare_all, iter(jobs), send)
-                async with self.client.map(self._handed_over(receive), prefetch=0) as items:
+                async with self.client.map(
+                    self._hand_over(receive), image=operator.itemgetter(1), prefetch=0
+                ) as items:
                     async for item in items:
-                        tg.start_soon(self._settle, self.handed[item.index], item)
+                        job, prepared = item.source
+                        tg.start_soon(self._settle, job, prepared, item)
         finally:
             receive.close()  # when the client never pulled a single image
 
@@ -265,147 +427,204 @@ class _Runner:
     ) -> None:
         with self.prepare_scope:
             async with send, anyio.create_task_group() as tg:
-                for _ in range(self.config.workers):
+                for _ in range(self.config.threads):
                     tg.start_soon(self._prepare_some, jobs, send.clone())
 
     async def _prepare_some(
         self, jobs: Iterator[Job], send: MemoryObjectSendStream[tuple[Job, PreparedImage]]
     ) -> None:
-        options = PrepareOptions(strict=self.config.strict)
         async with send:
             for job in jobs:
-                primary = job.pending[0]
                 if self.stopped is not None:
                     return
-                try:
-                    prepared = await anyio.to_thread.run_sync(
-                        partial(
-                            prepare_image, primary.file.path, options=options, name=primary.key
-                        ),
-                        limiter=self.threads,
-                    )
-                except InvalidImageError as exc:
-                    await self._settle_failed(job, exc, RecordStatus.INVALID, attempts=0)
-                    continue
-                except Exception as exc:  # a bug on one image must not sink the batch
-                    error = ClipnormalsError(f"cannot prepare: {type(exc).__name__}: {exc}")
-                    await self._settle_failed(job, error, RecordStatus.FAILED, attempts=0)
-                    continue
-                if prepared.source_sha256 != job.sha256:
-                    changed = InvalidImageError(
-                        f"'{primary.key}' changed while the batch ran; run it again to process it"
-                    )
-                    await self._settle_failed(job, changed, RecordStatus.FAILED, attempts=0)
+                prepared = await self._prepare(job)
+                if prepared is None:
                     continue
                 try:
                     await send.send((job, prepared))
                 except anyio.BrokenResourceError:
                     return  # sending stopped; the job is recorded as not sent
 
-    async def _handed_over(
+    async def _prepare(self, job: Job) -> PreparedImage | None:
+        """The job's upload, prepared by the client; ``None`` when it was settled instead."""
+        primary = job.primary
+        try:
+            data = await anyio.to_thread.run_sync(_read_source, primary, limiter=self.threads)
+            prepared = await self.client.prepare(data, name=primary.key)
+        except OSError as exc:
+            await self._settle_failed(
+                job, RecordStatus.INVALID, type(exc).__name__, f"cannot read the file: {exc}"
+            )
+            return None
+        except InvalidImageError as exc:
+            await self._settle_failed(job, RecordStatus.INVALID, type(exc).__name__, exc.message)
+            return None
+        except ClipnormalsError as exc:  # the client was closed or halted meanwhile
+            await self._settle_error(job, exc, attempts=0)
+            return None
+        if prepared.source_sha256 != job.sha256:
+            await self._settle_failed(
+                job,
+                RecordStatus.FAILED,
+                "InvalidImageError",
+                f"'{primary.key}' changed while the batch ran; run it again to process it",
+            )
+            return None
+        if self.config.strict and "downscaled" in prepared.changes:
+            await self._settle_failed(
+                job,
+                RecordStatus.INVALID,
+                "InvalidImageError",
+                f"'{primary.key}' is over the API's pixel limit (BatchConfig.strict refuses to "
+                "downscale)",
+            )
+            return None
+        return prepared
+
+    async def _hand_over(
         self, receive: MemoryObjectReceiveStream[tuple[Job, PreparedImage]]
-    ) -> AsyncIterator[PreparedImage]:
+    ) -> AsyncIterator[tuple[Job, PreparedImage]]:
         async with receive:
             async for job, prepared in receive:
-                if self.stopped is not None:
+                if self.stopped is not None or not await self._take_slot():
                     return
-                self.handed.append(job)
-                yield prepared
+                job.state = JobState.HANDED
+                job.handed_at = anyio.current_time()
+                self.handed += 1
+                yield job, prepared
 
-    async def _settle(self, job: Job, item: MapItem[PreparedImage]) -> None:
+    async def _take_slot(self) -> bool:
+        """Wait until an upload handed over earlier is recorded; False when the run stops."""
+        with anyio.CancelScope() as scope:
+            self.slot_waiters.add(scope)
+            try:
+                await self.slots.acquire()
+            finally:
+                self.slot_waiters.discard(scope)
+        if scope.cancelled_caught:
+            return False
+        if self.stopped is not None:
+            self.slots.release()
+            return False
+        return True
+
+    async def _settle(
+        self, job: Job, prepared: PreparedImage, item: MapItem[tuple[Job, PreparedImage]]
+    ) -> None:
         # Shielded: the server has answered (and maybe charged); the result must reach the disk
         # and the manifest even when the run is being aborted.
         with anyio.CancelScope(shield=True):
-            if item.result is not None:
-                self.uploaded += 1
-                records = await anyio.to_thread.run_sync(
-                    partial(
-                        write_outputs, self.config, job, item.result, item.source, item.attempts
-                    ),
+            result = item.result
+            if result is None:
+                assert item.error is not None  # noqa: S101 - an item holds one of the two
+                await self._settle_error(job, item.error, attempts=item.attempts)
+                return
+            jpeg = result.jpeg
+            now = anyio.current_time()
+            content = Content(jpeg, _sha256(jpeg), Geometry.of(prepared))
+            credits = result.credits_consumed if result.credits_consumed is not None else 1
+            records = Records()
+            receipt = Receipt(
+                output_sha256=content.sha256,
+                output_size=len(jpeg),
+                source_sha256=job.sha256,
+                geometry=content.geometry,
+                credits=credits,
+                done_at=records.now,
+            )
+            try:
+                await anyio.to_thread.run_sync(
+                    partial(write_content, self.config, content, job.pending, receipt=receipt),
                     limiter=self.threads,
                 )
-                self.copied += len(records) - 1
-                self._mark_settled(job)
-                await self._record(records)
+            except OSError as exc:
+                self.request_stop(StopReason.CANNOT_WRITE, str(exc))
+                await self._settle_failed(
+                    job, RecordStatus.FAILED, "OSError", f"cannot write the output: {exc}",
+                    attempts=item.attempts,
+                )  # fmt: skip
                 return
-            error = item.error
-            assert error is not None  # noqa: S101 - an item holds a result or an error
-            status, stop = classify_error(error)
-            if stop is not None:
-                self.request_stop(stop, error.message)
-            await self._settle_failed(job, error, status, attempts=item.attempts)
+            self.pace.add(anyio.current_time())
+            await self._record(
+                records.done(
+                    job,
+                    content,
+                    attempts=item.attempts,
+                    credits=credits,
+                    remaining=result.credits_remaining,
+                    seconds=round(now - job.handed_at, 3),
+                ),
+                job,
+                copies=len(job.pending) - 1,
+            )
+
+    async def _settle_error(self, job: Job, error: ClipnormalsError, *, attempts: int) -> None:
+        stats = self.client.stats
+        verdict = classify(
+            error, RunContext(self.client.credits, responses=sum(stats.statuses.values()))
+        )
+        if verdict.stop is not None:
+            self.request_stop(verdict.stop, verdict.detail)
+        if isinstance(error, SendingStoppedError):
+            attempts = max(0, attempts - 1)  # the attempt the gate refused was never sent
+        error_type, message = type(error).__name__, error.message
+        if verdict.status is RecordStatus.NOT_SENT:
+            error_type, message = self._unsent_words()  # as every image the stop left
+        await self._settle_failed(job, verdict.status, error_type, message, attempts=attempts)
 
     async def _settle_failed(
-        self, job: Job, error: ClipnormalsError, status: RecordStatus, *, attempts: int
+        self,
+        job: Job,
+        status: RecordStatus,
+        error_type: str,
+        message: str,
+        *,
+        attempts: int = 0,
     ) -> None:
-        self._mark_settled(job)
-        await self._record(failed_records(job, error, status, attempts=attempts))
-
-    def _mark_settled(self, job: Job) -> None:
-        if not job.settled:
-            job.settled = True
-            self.settled += 1
-
-    async def _record_unsent(self, jobs: list[Job]) -> None:
-        unsent = [j for j in jobs if not j.settled]
-        error_type, message = {
-            StopReason.CREDITS: ("CreditBudgetError", "not sent: credits ran out"),
-            StopReason.AUTH: ("ClientClosedError", "not sent: the server refused the API key"),
-        }.get(self.stopped or "", ("Interrupted", "not sent: the run was interrupted"))
-        if self.stop_detail and self.stopped != StopReason.INTERRUPTED:
-            message = f"{message} ({self.stop_detail})"
-        await self._record(unsent_records(unsent, error_type, message))
+        await self._record(
+            Records().failed(job, status, error_type, message, attempts=attempts), job
+        )
 
     # -- reporting -------------------------------------------------------------------------
 
-    def progress(self) -> BatchProgress:
+    def snapshot(self) -> BatchProgress:
         stats = self.client.stats
         before = self.stats_before
         ledger = self.client.credits
-        return BatchProgress(
-            total=self.total,
-            to_send=self.to_send,
-            done=self.counts[RecordStatus.DONE],
-            copied=self.copied,
-            skipped=self.counts[RecordStatus.SKIPPED],
-            failed=self.counts[RecordStatus.FAILED],
-            invalid=self.counts[RecordStatus.INVALID],
-            not_sent=self.counts[RecordStatus.NOT_SENT],
-            uploads_settled=self.settled,
-            in_flight=len(self.handed) - sum(1 for j in self.handed if j.settled),
+        return replace(
+            self.progress,
+            in_flight=self.handed - self.handed_settled,
             attempts=stats.attempts - before.attempts,
             retries=stats.retries - before.retries,
             rate_limited=stats.rate_limited - before.rate_limited,
             credits_consumed=ledger.consumed - self.consumed_before,
             credits_remaining=ledger.remaining,
-            rate_limit=self.client.rate_limit,
+            pace=self.pace.pace,
             elapsed=anyio.current_time() - self.started,
             stopping=self.stopped,
         )
 
     def summary(self) -> BatchSummary:
-        p = self.progress()
+        snapshot = self.snapshot()
         stats = self.client.stats
         rpm = stats.requests_per_minute if self.stats_before.attempts == 0 else None
         return BatchSummary(
-            total=self.total,
-            done=p.done,
-            uploaded=self.uploaded,
-            skipped=p.skipped,
-            failed=p.failed,
-            invalid=p.invalid,
-            not_sent=p.not_sent,
+            **progress_fields(snapshot),
             failures=dict(self.failures),
             rejections=dict(self.rejections),
-            credits_consumed=p.credits_consumed,
-            credits_remaining=p.credits_remaining,
-            attempts=p.attempts,
-            retries=p.retries,
-            rate_limited=p.rate_limited,
             requests_per_minute=rpm,
-            elapsed=p.elapsed,
             stopped=self.stopped,
-            aborted=self.control.abort_requested,
+            stop_detail=self.stop_detail,
+            aborted=self.aborted,
             manifest=self.config.manifest_path,
             output_dir=self.config.output_dir,
         )
+
+
+def _read_source(member: Member) -> bytes:
+    with open_regular(member.file.fspath) as f:
+        return f.read()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

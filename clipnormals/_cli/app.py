@@ -7,7 +7,7 @@ Needs the ``cli`` extra (typer, rich); ``demo``, ``emulator`` and ``batch --emul
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 try:
     import typer
@@ -18,10 +18,16 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         "pip install 'clipnormals[cli]'"
     ) from None
 
-import anyio
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from .._batch.manifest import ManifestLockedError
-from .._batch.types import BatchConfig, ExitCode
+import anyio
+from typer.core import TyperArgument, TyperCommand
+
+from .._batch.config import BatchConfig
+from .._batch.outcomes import ExitCode, exit_code_for, exit_code_help
 from .._core.config import API_KEY_ENV, BASE_URL_ENV, check_base_url, resolve_base_url
 from .._core.limiter import RateLimit
 from .._errors import ClipnormalsError
@@ -33,16 +39,50 @@ from .commands import (
     normals_command,
     run_batch_command,
 )
+from .crash import report_internal_error
 from .emulator import emulator_command
-from .output import UsageError, fail
+from .output import UsageError, fail, say
 
-__all__ = ["app", "main"]
+__all__ = ["EXIT_CODES", "app", "main"]
 
-EXIT_CODES = (
-    "Exit codes: 0 all done (skipped ones included); 1 some images failed or were rejected; "
-    "2 bad usage; 3 stopped for credits (reserve, --max-credits or 402: some images were not "
-    "sent); 4 the server refused the key (401/403); 130 interrupted (Ctrl-C)."
-)
+#: The exit codes, for the help text: made from the outcome table, never written by hand.
+EXIT_CODES = exit_code_help()
+
+
+class _Command(TyperCommand):
+    """A command whose usage line and help name arguments plainly: ``INPUT...``, not
+    ``{INPUT...}...``, and without a Python type (``<list[Path]>``) beside them."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                more = "..." if param.nargs != 1 and not name.endswith("...") else ""
+                pieces.append(name + more if param.required else f"[{name}{more}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super().format_help(ctx, formatter)
+        text = "".join(formatter.buffer)
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                shown = name + ("..." if param.nargs != 1 else "")
+                # "  INPUT <list[Path]>   help" -> "  INPUT...            help", columns kept
+                pattern = re.compile(rf"(?m)^(\s+)({re.escape(name)}(?:\.\.\.)? <[^>]*>)")
+                text = pattern.sub(_plain_name(shown), text)
+        formatter.buffer[:] = [text]
+
+
+def _plain_name(shown: str) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
+        return match.group(1) + shown.ljust(len(match.group(2)))
+
+    return replace
+
 
 app = typer.Typer(
     name="clipnormals",
@@ -103,18 +143,28 @@ def _finish(code: int) -> NoReturn:
     raise typer.Exit(int(code))
 
 
-def _usage(message: str) -> NoReturn:
-    fail(message)
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Errors that end a command become one line and their documented exit code."""
+    try:
+        yield
+    except UsageError as exc:
+        fail(str(exc))
+    except ClipnormalsError as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise  # not an error a run ends with: a bug (see main)
+        fail(exc.message, code)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(cls=_Command, epilog=EXIT_CODES)
 def batch(
     inputs: Annotated[
         list[Path],
         typer.Argument(
             help="Image files, folders (searched recursively; images are recognised by their "
             "bytes) or text files listing paths, one a line.",
-            metavar="INPUT...",
+            metavar="INPUT",
             show_default=False,
         ),
     ],
@@ -134,8 +184,9 @@ def batch(
         bool,
         typer.Option(
             "--dry-run",
-            help="Validate every input and print what would be sent, the credits needed and "
-            "the time the quota implies; send nothing. Exits 1 when inputs would be rejected.",
+            help="Validate every input and print what would be sent, what it would cost, how "
+            "long it would take and what the credit limits would do; send nothing, write "
+            "nothing. Exits with the code the run would end with.",
         ),
     ] = False,
     npz: Annotated[
@@ -162,14 +213,16 @@ def batch(
         int,
         typer.Option(
             min=1,
-            help="Images handed to the client at once (requests in flight at most). A graceful "
-            "stop lets these finish.",
+            help="Requests in flight at most (the client's max_concurrency): also the most "
+            "credits a kill -9 can lose. A graceful stop lets these finish.",
         ),
     ] = 8,
     strict: Annotated[
         bool,
         typer.Option(
-            "--strict", help="Refuse images over 25 MP / 30 MB instead of downscaling them."
+            "--strict",
+            help="Refuse images over 25,000,000 pixels / 30,000,000 bytes instead of "
+            "downscaling or re-encoding them.",
         ),
     ] = False,
     flip_x: Annotated[
@@ -185,9 +238,10 @@ def batch(
         int, typer.Option(min=0, help="Credits of the --emulator key.")
     ] = 1000,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request attempt.")] = 60.0,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Threads for hashing, preparing and writing.")
+    threads: Annotated[
+        int, typer.Option(min=1, help="Threads for hashing sources and writing outputs.")
     ] = 2,
+    workers: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
     plain: Annotated[
         bool | None,
         typer.Option(
@@ -196,7 +250,10 @@ def batch(
             show_default=False,
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="List every image.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("-v", "--verbose", help="List every image (and, with --dry-run, its plan)."),
+    ] = False,
 ) -> None:
     """Turn a folder of portraits into a folder of normal maps; rerun to resume.
 
@@ -206,6 +263,9 @@ def batch(
     """
     limit = _rate(rate, burst)
     _check_url(base_url, emulator)
+    if workers is not None:
+        say(sys.stderr, "warning: --workers is deprecated: use --threads (the same thing)")
+        threads = workers
     config = BatchConfig(
         inputs=tuple(str(p) for p in inputs),
         output_dir=output,
@@ -213,10 +273,9 @@ def batch(
         npz=npz,
         previews=preview,
         contact_sheets=contact_sheets,
-        strict=strict,
         flip_x=flip_x,
         flip_y=flip_y,
-        workers=workers,
+        threads=threads,
     )
     options = ClientOptions(
         rate=limit,
@@ -230,26 +289,25 @@ def batch(
         emulator=emulator,
         emulator_credits=emulator_credits,
     )
-    try:
+    with _one_line_errors():
         if dry_run:
-            _finish(anyio.run(dry_run_command, config, limit, Console(soft_wrap=True)))
+            out = Console(soft_wrap=True)
+            _finish(anyio.run(lambda: dry_run_command(config, options, out, verbose=verbose)))
         reporter = choose_reporter(plain, verbose)
         summary = anyio.run(run_batch_command, config, options, reporter)
-    except (UsageError, ManifestLockedError, FileNotFoundError) as exc:
-        _usage(str(exc))
-    except OSError as exc:  # the output folder cannot be written: nothing sensible to go on with
-        fail(str(exc), ExitCode.FAILED)
     _finish(summary.exit_code)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(cls=_Command, epilog=EXIT_CODES)
 def normals(
     image: Annotated[
         Path, typer.Argument(help="A portrait (PNG, JPEG, WEBP, ...).", metavar="IMAGE")
     ],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Where to write [default: <image name>.normals.jpg]."),
+        typer.Option(
+            "-o", "--output", help="Where to write [default: IMAGE.normals.jpg, next to IMAGE]."
+        ),
     ] = None,
     npz: Annotated[bool, typer.Option("--npz", help="Also write OUTPUT with .npz.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Never downscale.")] = False,
@@ -262,7 +320,7 @@ def normals(
 ) -> None:
     """Normal map of one image: writes the response JPEG untouched."""
     _check_url(base_url, emulator)
-    target = output if output is not None else Path(f"{image.name}.normals.jpg")
+    target = output if output is not None else image.with_name(f"{image.name}.normals.jpg")
     options = ClientOptions(
         rate=RateLimit(),
         concurrency=1,
@@ -272,7 +330,7 @@ def normals(
         base_url=base_url,
         emulator=emulator,
     )
-    try:
+    with _one_line_errors():
         code = anyio.run(
             lambda: normals_command(
                 image,
@@ -284,8 +342,6 @@ def normals(
                 out=Console(soft_wrap=True),
             )
         )
-    except UsageError as exc:
-        _usage(str(exc))
     _finish(code)
 
 
@@ -308,12 +364,13 @@ def demo(
     """
     from .demo import run_demo
 
-    try:
-        code = anyio.run(
-            run_demo, directory, choose_reporter(plain, verbose=False), Console(soft_wrap=True)
-        )
-    except (UsageError, ManifestLockedError, FileExistsError, ImportError) as exc:
-        _usage(str(exc))
+    with _one_line_errors():
+        try:
+            code = anyio.run(
+                run_demo, directory, choose_reporter(plain, verbose=False), Console(soft_wrap=True)
+            )
+        except (FileExistsError, ImportError) as exc:
+            fail(str(exc))
     _finish(code)
 
 
@@ -327,6 +384,8 @@ def main() -> None:
     except KeyboardInterrupt:
         # Ctrl-C outside a batch's own handling (while starting up): no traceback.
         raise SystemExit(ExitCode.INTERRUPTED) from None
+    except Exception as exc:  # a bug: one line, the traceback in a file
+        report_internal_error(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

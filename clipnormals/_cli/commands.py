@@ -1,14 +1,15 @@
 """What the CLI commands do once their options are parsed: async glue, signals, output.
 
-Part of the ``cli`` extra (rich). Kept apart from the typer declarations in ``_cli`` so that the
-behaviour can be read (and tested) without the option plumbing.
+Part of the ``cli`` extra (rich). Kept apart from the typer declarations in ``app`` so that the
+behaviour can be read (and tested) without the option plumbing. What an error means (its exit
+code, its words, its advice) is looked up in the batch's outcome table, never decided here.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,33 +19,37 @@ import anyio.to_thread
 from rich.console import Console
 
 from .._atomic import atomic_write_bytes
+from .._batch.config import BatchConfig
+from .._batch.control import BatchControl
+from .._batch.discover import NotRegularFileError, open_regular
 from .._batch.dryrun import DryRunReport, dry_run
+from .._batch.events import BatchReporter
+from .._batch.outcomes import STOPS, ExitCode, RunContext, classify
+from .._batch.progress import BatchSummary
 from .._batch.runner import run_batch
-from .._batch.types import BatchConfig, BatchControl, BatchReporter, BatchSummary, ExitCode
+from .._batch.writing import npz_bytes
 from .._core.client import AsyncClient
 from .._core.config import API_KEY_ENV, resolve_api_key
 from .._core.credits import CreditPolicy
-from .._core.limiter import RateLimit
-from .._errors import (
-    AuthenticationError,
-    ClientClosedError,
-    ClipnormalsError,
-    CreditBudgetError,
-    InsufficientCreditsError,
-    InvalidImageError,
-    PermissionDeniedError,
-)
+from .._core.limiter import LocalLimiter, RateLimit
+from .._core.retry import RetryPolicy
+from .._errors import AuthenticationError, ClipnormalsError
 from .._images.prepare import PrepareOptions
-from .output import UsageError
+from .output import UsageError, plural, say
 from .progress import PlainReporter, RichReporter, format_duration, format_rate
 
 __all__ = [
     "ClientOptions",
+    "choose_reporter",
     "dry_run_command",
+    "dry_run_lines",
     "normals_command",
     "open_client",
     "run_batch_command",
 ]
+
+# A dry run sends nothing, so it needs no key; this one is never sent anywhere.
+_DRY_RUN_KEY = "dry-run-sends-nothing"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,27 +62,57 @@ class ClientOptions:
     reserve: int = 0
     timeout: float = 60.0
     strict: bool = False
+    retry: RetryPolicy | None = None
     api_key_env: str = API_KEY_ENV
     base_url: str | None = None
     emulator: bool = False
     emulator_credits: int = 1000
 
 
+def _read_key(options: ClientOptions) -> str:
+    try:
+        return resolve_api_key(None, env_var=options.api_key_env)
+    except AuthenticationError:
+        raise UsageError(
+            f"no API key: set {options.api_key_env}, or name another variable with "
+            "--api-key-env (--emulator needs no key)"
+        ) from None
+
+
 @asynccontextmanager
-async def open_client(options: ClientOptions) -> AsyncIterator[AsyncClient]:
-    """The client the options describe; with ``emulator``, pointed at a fresh loopback emulator."""
+async def open_client(
+    options: ClientOptions, *, control: BatchControl | None = None, offline: bool = False
+) -> AsyncIterator[AsyncClient]:
+    """The client the options describe.
+
+    With ``control``, its limiter is wrapped in the control's gate (a stop starts no request).
+    With ``emulator``, it is pointed at a fresh loopback emulator. ``offline`` (a dry run)
+    builds a client that will send nothing: it needs no key and starts no emulator.
+    """
 
     def make(key: str, base_url: str | None) -> AsyncClient:
+        limiter = None if control is None else control.gate(LocalLimiter(options.rate))
         return AsyncClient(
             api_key=key,
             base_url=base_url,
             rate_limit=options.rate,
             max_concurrency=options.concurrency,
+            retry=options.retry,
             credits=CreditPolicy(reserve=options.reserve, budget=options.max_credits),
             timeout=options.timeout,
+            limiter=limiter,
             prepare=PrepareOptions(strict=options.strict),
         )
 
+    if offline:
+        try:
+            key = resolve_api_key(None, env_var=options.api_key_env)
+        except AuthenticationError:
+            key = _DRY_RUN_KEY
+        base_url = None if options.emulator else options.base_url
+        async with _made(make, key, base_url) as client:
+            yield client
+        return
     if options.emulator:
         try:
             from ..emulator import local_emulator
@@ -91,15 +126,16 @@ async def open_client(options: ClientOptions) -> AsyncIterator[AsyncClient]:
         async with emulator as (url, key), make(key, url) as client:
             yield client
         return
+    async with _made(make, _read_key(options), options.base_url) as client:
+        yield client
+
+
+@asynccontextmanager
+async def _made(
+    make: Callable[[str, str | None], AsyncClient], key: str, base_url: str | None
+) -> AsyncIterator[AsyncClient]:
     try:
-        key = resolve_api_key(None, env_var=options.api_key_env)
-    except AuthenticationError:
-        raise UsageError(
-            f"no API key: set {options.api_key_env}, or name another variable with "
-            "--api-key-env (--emulator needs no key)"
-        ) from None
-    try:
-        client = make(key, options.base_url)
+        client = make(key, base_url)
     except ClipnormalsError as exc:
         raise UsageError(exc.message) from None
     async with client:
@@ -118,42 +154,51 @@ def choose_reporter(plain: bool | None, verbose: bool) -> BatchReporter:
 async def run_batch_command(
     config: BatchConfig, options: ClientOptions, reporter: BatchReporter
 ) -> BatchSummary:
-    """Run a batch with Ctrl-C handling: once stops gracefully, twice aborts."""
+    """Run a batch with Ctrl-C and SIGTERM handling: once stops gracefully, twice aborts."""
     control = BatchControl()
-    async with open_client(options) as client, anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, control, reporter)
-        try:
-            summary = await run_batch(config, client=client, reporter=reporter, control=control)
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with open_client(options, control=control) as client, anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, control)
+            try:
+                summary = await run_batch(config, client=client, reporter=reporter, control=control)
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
     return summary
 
 
-async def _watch_signals(control: BatchControl, reporter: BatchReporter) -> None:
-    signals = [signal.SIGINT, signal.SIGTERM]
-    with anyio.open_signal_receiver(*signals) as received:
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def _watch_signals(control: BatchControl) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
         async for _signum in received:
             if not control.stop_requested:
-                reporter.phase(
-                    "stopping: no new images are sent, those in flight finish "
-                    "(Ctrl-C again to abort at once)"
-                )
                 control.stop()
             else:
-                reporter.phase("aborting")
                 control.abort()
 
 
-def dry_run_lines(report: DryRunReport, rate: RateLimit) -> list[str]:
+def dry_run_lines(report: DryRunReport, rate: RateLimit, *, verbose: bool = False) -> list[str]:
     """The dry run's report as text lines."""
     lines = ["dry run: nothing was sent and nothing was written"]
-    ignored = f" ({report.ignored} other files ignored)" if report.ignored else ""
-    lines.append(f"{report.total:>6} images found{ignored}")
+    extra = []
+    if report.ignored:
+        extra.append(f"{plural(report.ignored, 'other file')} ignored")
+    if report.hidden:
+        extra.append(f"{report.hidden} hidden")
+    found = f" ({', '.join(extra)})" if extra else ""
+    lines.append(f"{report.total:>6} images found{found}")
     lines.append(f"{report.complete:>6} already done (would be skipped)")
     lines.append(f"{report.copies:>6} identical to another image (copied, no credit)")
     changed = ", ".join(f"{n} {kind}" for kind, n in sorted(report.changes.items()))
     lines.append(
-        f"{report.to_send:>6} to upload: {report.credits_needed} credits"
+        f"{report.to_send:>6} to upload: {plural(report.credits_needed, 'credit')}"
         + (f" ({changed})" if changed else "")
     )
     lines.append(f"{len(report.invalid):>6} would be rejected")
@@ -166,21 +211,52 @@ def dry_run_lines(report: DryRunReport, rate: RateLimit) -> list[str]:
         credits, when = report.balance
         verdict = "enough" if not report.short else f"{report.short} short"
         lines.append(f"balance: {credits} credits as last seen at {when}: {verdict}")
-    when = format_duration(report.seconds)
-    lines.append(f"time:    about {when} at {format_rate(rate)} (the quota decides, not the CPU)")
+    if report.stop is not None:
+        why = STOPS[report.stop].summary
+        lines.append(
+            f"credits: the run would send {report.sendable} of {report.to_send} uploads, then "
+            f"stop ({why}): {plural(report.not_sent, 'image')} recorded not_sent, exit "
+            f"{int(ExitCode.CREDITS)}"
+        )
+    if report.seconds is None:
+        lines.append("time:    unknown")
+    elif report.seconds_measured:
+        lines.append(
+            f"time:    about {format_duration(report.seconds)} (measured: preparation here, "
+            f"the server's pace in earlier runs; quota {format_rate(rate)})"
+        )
+    else:
+        lines.append(
+            f"time:    at least {format_duration(report.seconds)} at {format_rate(rate)} "
+            "(the quota's time; the server's own time comes on top)"
+        )
+    if verbose:
+        lines.extend(f"  {action:<8} {source}" for source, action in report.plan)
+    lines.append(f"a run would exit {int(report.exit_code)} ({report.exit_code.meaning})")
     return lines
 
 
-async def dry_run_command(config: BatchConfig, rate: RateLimit, out: Console) -> ExitCode:
-    """Print what a run would do; exit 1 when some inputs would be rejected, 3 when short."""
-    report = await dry_run(config, rate_limit=rate)
-    for line in dry_run_lines(report, rate):
-        out.print(line, markup=False, highlight=False)
-    if report.invalid:
-        return ExitCode.FAILED
-    if report.short:
-        return ExitCode.CREDITS
-    return ExitCode.OK
+async def dry_run_command(
+    config: BatchConfig, options: ClientOptions, out: Console, *, verbose: bool = False
+) -> ExitCode:
+    """Print what a run would do; exit with the code the run would end with."""
+    async with open_client(options, offline=True) as client:
+        report = await dry_run(config, client=client)
+    for line in dry_run_lines(report, options.rate, verbose=verbose):
+        say(out, line)
+    return report.exit_code
+
+
+def _read_image(image: Path) -> bytes:
+    try:
+        with open_regular(image) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {image}") from None
+    except NotRegularFileError as exc:
+        raise UsageError(f"{image} is {exc.strerror}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {image}: {exc.strerror or exc}") from None
 
 
 async def normals_command(
@@ -194,37 +270,34 @@ async def normals_command(
     out: Console,
 ) -> ExitCode:
     """One image: write its normal map (the response bytes) and optionally the ``.npz``."""
+    data = await anyio.to_thread.run_sync(_read_image, image)
     async with open_client(options) as client:
         try:
-            nm = await client.surface_normals(image)
-        except InvalidImageError as exc:
-            out.print(f"rejected before upload: {exc.message}", markup=False)
-            return ExitCode.FAILED
-        except (CreditBudgetError, InsufficientCreditsError) as exc:
-            out.print(f"not done: {exc.message}", markup=False)
-            return ExitCode.CREDITS
-        except (AuthenticationError, PermissionDeniedError, ClientClosedError) as exc:
-            out.print(f"refused: {exc.message}", markup=False)
-            return ExitCode.AUTH
+            nm = await client.surface_normals(data, name=image.name)
         except ClipnormalsError as exc:
-            out.print(f"failed: {type(exc).__name__}: {exc.message}", markup=False)
-            return ExitCode.FAILED
+            stats = client.stats
+            verdict = classify(
+                exc, RunContext(client.credits, responses=sum(stats.statuses.values()))
+            )
+            say(out, f"{verdict.status.value}: {type(exc).__name__}: {exc.message}")
+            if verdict.stop is None:
+                return ExitCode.FAILED
+            stop = STOPS[verdict.stop]
+            say(out, stop.advice.replace("send the rest", "try again"))
+            return stop.exit_code
         await anyio.to_thread.run_sync(atomic_write_bytes, output, nm.jpeg)
         written = [str(output)]
         if npz:
-            from .._batch.outputs import npz_bytes
 
             def make_npz() -> bytes:
                 return npz_bytes(nm.with_convention(flip_x=flip_x, flip_y=flip_y))
 
             npz_path = output.with_suffix(".npz")
-            data = await anyio.to_thread.run_sync(make_npz)
-            await anyio.to_thread.run_sync(atomic_write_bytes, npz_path, data)
+            npz_data = await anyio.to_thread.run_sync(make_npz)
+            await anyio.to_thread.run_sync(atomic_write_bytes, npz_path, npz_data)
             written.append(str(npz_path))
         left = client.credits.remaining
-        out.print(
-            f"wrote {', '.join(written)}" + ("" if left is None else f" ({left} credits left)"),
-            markup=False,
-            highlight=False,
+        say(
+            out, f"wrote {', '.join(written)}" + ("" if left is None else f" ({left} credits left)")
         )
     return ExitCode.OK

@@ -21,12 +21,15 @@ from PIL import Image, ImageOps
 from rich.console import Console
 
 from .._atomic import atomic_write_bytes
-from .._batch.outputs import SHEETS_DIR
+from .._batch.config import BatchConfig
+from .._batch.control import BatchControl
+from .._batch.events import BatchReporter, NullReporter
+from .._batch.jobs import SHEETS_DIR
+from .._batch.outcomes import ExitCode
 from .._batch.runner import run_batch
-from .._batch.types import BatchConfig, BatchReporter, ExitCode, NullReporter
 from .._core.client import AsyncClient
 from .._core.credits import CreditPolicy
-from .._core.limiter import RateLimit
+from .._core.limiter import LocalLimiter, RateLimit
 
 __all__ = ["DEMO_RATE", "make_demo_inputs", "run_demo"]
 
@@ -124,11 +127,12 @@ async def run_demo(directory: Path, reporter: BatchReporter, out: Console) -> Ex
     async with local_emulator(
         requests=DEMO_RATE.requests, per=DEMO_RATE.per, credits=DEMO_CREDITS
     ) as (url, key):
+        control = BatchControl()
         async with AsyncClient(
             api_key=key, base_url=url, rate_limit=DEMO_RATE, max_concurrency=4,
-            credits=CreditPolicy(),
+            credits=CreditPolicy(), limiter=control.gate(LocalLimiter(DEMO_RATE)),
         ) as client:  # fmt: skip
-            summary = await run_batch(config, client=client, reporter=reporter)
+            summary = await run_batch(config, client=client, reporter=reporter, control=control)
         if summary.exit_code != ExitCode.OK:
             return summary.exit_code
         async with AsyncClient(api_key=key, base_url=url, rate_limit=DEMO_RATE) as client:

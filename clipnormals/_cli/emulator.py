@@ -15,7 +15,9 @@ __all__ = ["emulator_command"]
 
 
 def emulator_command(
-    host: Annotated[str, typer.Option(help="Loopback address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback unless --allow-public).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8765,
     keys: Annotated[
         str, typer.Option(help="API keys and their credits: KEY:CREDITS[,KEY:CREDITS...].")
@@ -51,6 +53,13 @@ def emulator_command(
         typer.Option(help="Send x-credits-consumed (off: mimic older API versions)."),
     ] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    allow_public: Annotated[
+        bool,
+        typer.Option(
+            "--allow-public",
+            help="Listen on a non-loopback address too (anyone who reaches it can use the keys).",
+        ),
+    ] = False,
 ) -> None:
     """Serve a local emulator of the API (synthetic normal maps) on a loopback port.
 
@@ -100,6 +109,18 @@ def emulator_command(
         print("its normal maps are synthetic; Ctrl-C stops it", flush=True)
 
     try:
-        serve(config, host=host, port=port, log_level=log_level, on_listening=listening)
+        serve(
+            config,
+            host=host,
+            port=port,
+            log_level=log_level,
+            on_listening=listening,
+            allow_public=allow_public,
+        )
     except (ValueError, OSError) as exc:
-        fail(str(exc))
+        # The server speaks of its Python argument; the command has a flag for it.
+        fail(
+            str(exc)
+            .replace("pass allow_public=True", "pass --allow-public")
+            .replace("allow_public=True", "--allow-public")
+        )

@@ -1,14 +1,64 @@
-"""How the CLI talks to the user when something is wrong: one line on stderr and an exit code."""
+"""How the CLI talks to the user: text made safe for a terminal, and one line when all is lost.
+
+Every line the command prints goes through :func:`printable`: file names can hold any byte but
+``/`` and NUL, and an ESC or a newline in one must not move the cursor, recolour the terminal or
+forge a line of the log. Control characters (C0, DEL, C1), line and paragraph separators and the
+bidirectional overrides are shown as Python escapes (``\\x1b``, ``\\n``, ``\\u202e``).
+"""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import re
+import sys
+from typing import NoReturn, TextIO
 
 from rich.console import Console
 
-from .._batch.types import ExitCode
+from .._batch.outcomes import ExitCode
 
-__all__ = ["UsageError", "fail"]
+__all__ = ["UsageError", "fail", "plural", "printable", "say"]
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could drive a terminal shown as an escape.
+
+    Example:
+        >>> printable("evil\\x1b[31m\\nname.png")
+        'evil\\\\x1b[31m\\\\nname.png'
+        >>> printable("Zoë Ünïcode 😀.jpg")
+        'Zoë Ünïcode 😀.jpg'
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``"1 copy"``, ``"2 copies"``.
+
+    Example:
+        >>> plural(1, "copy", "copies"), plural(2, "other file")
+        ('1 copy', '2 other files')
+    """
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def say(out: Console | TextIO, text: str, *, style: str | None = None) -> None:
+    """Print one line, made :func:`printable`, without rich markup or highlighting."""
+    safe = printable(text)
+    if isinstance(out, Console):
+        out.print(safe, markup=False, highlight=False, style=style, soft_wrap=True)
+    else:
+        print(safe, file=out, flush=True)
 
 
 class UsageError(Exception):
@@ -17,5 +67,5 @@ class UsageError(Exception):
 
 def fail(message: str, code: int = ExitCode.USAGE) -> NoReturn:
     """Print ``error: message`` to stderr and exit with ``code`` (bad usage by default)."""
-    Console(stderr=True, soft_wrap=True).print(f"error: {message}", markup=False, highlight=False)
+    say(sys.stderr, f"error: {message}")
     raise SystemExit(int(code))

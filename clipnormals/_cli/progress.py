@@ -1,34 +1,49 @@
 """Showing a batch run: a live progress bar on a terminal, one plain line per image elsewhere.
 
-Part of the ``cli`` extra (rich). The bar shows sources settled out of the total, the request
-rate over the last minute against the quota, the time the quota needs for the uploads left,
-credits left, retries, 429s and errors; failures are printed above it as they happen. The plain
-mode (logs, CI) prints one line per image and a status line every half minute.
+Part of the ``cli`` extra (rich). The bar is one line that fits the terminal: the count and a bar
+always, then, as room allows and in this order, the ETA, errors, credits left, the request rate
+against the quota, retries and 429s; fields that do not fit are left out whole, never cut. The
+ETA is the run's estimate (:attr:`BatchProgress.eta`): the quota's time or the measured pace's,
+whichever is longer, marked ``≥`` while nothing has been measured. Failures are printed above the
+bar as they happen. The plain mode (logs, CI) prints a line per image that was done, failed or
+rejected, counts the images already done and those not sent instead of listing them (``-v``
+lists them), and a status line every half minute.
+
+Every line goes through :func:`~.output.printable`: file names cannot drive the terminal.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import Any, TextIO
+from typing import TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
+from .._batch.events import Phase
 from .._batch.manifest import ManifestRecord, RecordStatus
-from .._batch.types import BatchProgress, BatchSummary, StopReason
+from .._batch.outcomes import STOPS
+from .._batch.progress import BatchProgress, BatchSummary
 from .._core.limiter import RateLimit
+from .output import plural, say
 
 __all__ = [
     "PlainReporter",
     "RateMeter",
     "RichReporter",
     "format_duration",
+    "format_eta",
     "format_rate",
     "summary_lines",
 ]
 
 _STATUS_EVERY = 30.0
+_MIN_BAR = 10
+_MAX_BAR = 40
 
 
 def format_duration(seconds: float | None) -> str:
@@ -46,6 +61,19 @@ def format_duration(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s}s"
+
+
+def format_eta(progress: BatchProgress) -> str:
+    """The ETA as shown: ``"3m07s"`` when measured, ``"≥9s"`` while only the quota is known.
+
+    Example:
+        >>> format_eta(BatchProgress(to_send=11, rate_limit=RateLimit(requests=600, per=60.0)))
+        '≥1s'
+    """
+    eta = progress.eta
+    if eta is None:
+        return "-"
+    return format_duration(eta) if progress.eta_measured else "≥" + format_duration(eta)
 
 
 def format_rate(rate: RateLimit) -> str:
@@ -84,16 +112,31 @@ class RateMeter:
         self._samples: deque[tuple[float, int]] = deque()
 
     def add(self, now: float, count: int) -> None:
+        """The cumulative ``count`` of requests at ``now`` (seconds)."""
         self._samples.append((now, count))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
             self._samples.popleft()
 
     @property
     def per_minute(self) -> float | None:
+        """Requests per minute over the window, ``None`` before two samples."""
         if len(self._samples) < 2:
             return None
         (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
         return None if t1 <= t0 else (c1 - c0) / (t1 - t0) * 60.0
+
+
+def _start_line(progress: BatchProgress) -> str:
+    quota = format_rate(progress.rate_limit) if progress.rate_limit else "no quota"
+    done = f", {progress.skipped} already done" if progress.skipped else ""
+    eta = progress.eta
+    if eta is None:
+        when = ""
+    elif progress.eta_measured:
+        when = f" (about {format_duration(eta)})"
+    else:
+        when = f" (at least {format_duration(eta)}: the quota's time, before the server's)"
+    return f"{plural(progress.total, 'image')}{done}, {progress.to_send} to upload at {quota}{when}"
 
 
 def _record_line(record: ManifestRecord, progress: BatchProgress) -> str:
@@ -112,22 +155,27 @@ def _status_line(progress: BatchProgress, rate: float | None) -> str:
     credits = "?" if progress.credits_remaining is None else str(progress.credits_remaining)
     return (
         f"{progress.settled}/{progress.total} settled, {achieved}, "
-        f"ETA {format_duration(progress.eta)}, credits left {credits}, "
+        f"ETA {format_eta(progress)}, credits left {credits}, "
         f"retries {progress.retries}, 429s {progress.rate_limited}, "
         f"errors {progress.failed + progress.invalid}"
     )
 
 
 def summary_lines(summary: BatchSummary) -> list[str]:
-    """The end-of-run summary as plain text lines.
+    """The end-of-run summary as plain text lines; the last one says what to do next.
+
+    Every source is in exactly one of the first five counts.
 
     Example:
         >>> summary_lines(BatchSummary(total=2, done=2, uploaded=2, credits_consumed=2))[0]
         'done         2  (2 uploaded, 0 copies of identical images)'
     """
     s = summary
-    lines = [f"done     {s.done:>5}  ({s.uploaded} uploaded, {s.done - s.uploaded} copies of "
-             "identical images)"]  # fmt: skip
+    copies = s.done - s.uploaded
+    lines = [
+        f"done     {s.done:>5}  ({s.uploaded} uploaded, "
+        f"{plural(copies, 'copy', 'copies')} of identical images)"
+    ]
     lines.append(f"skipped  {s.skipped:>5}  (already done by an earlier run)")
     by_reason = ", ".join(f"{k}: {v}" for k, v in sorted(s.failures.items()))
     lines.append(f"failed   {s.failed:>5}" + (f"  ({by_reason})" if s.failures else ""))
@@ -136,75 +184,126 @@ def summary_lines(summary: BatchSummary) -> list[str]:
         f"invalid  {s.invalid:>5}  (rejected before upload, nothing spent"
         + (f"; {rejected})" if rejected else ")")
     )
-    why = {
-        StopReason.CREDITS: "credits ran out or the budget was reached",
-        StopReason.AUTH: "the server refused the API key",
-        StopReason.INTERRUPTED: "interrupted",
-    }.get(s.stopped or "", "")
+    stop = STOPS[s.stopped] if s.stopped is not None else None
+    why = stop.summary.format(detail=s.stop_detail) if stop is not None else ""
     lines.append(f"not sent {s.not_sent:>5}" + (f"  ({why})" if s.not_sent and why else ""))
     left = "" if s.credits_remaining is None else f", {s.credits_remaining} left"
     lines.append(f"credits  {s.credits_consumed:>5}  consumed{left}")
     rpm = "-" if s.requests_per_minute is None else f"{s.requests_per_minute:.1f}/min"
     lines.append(
-        f"requests {s.attempts:>5}  ({s.retries} retries), {rpm} achieved, "
+        f"requests {s.attempts:>5}  ({plural(s.retries, 'retry', 'retries')}), {rpm} achieved, "
         f"{s.rate_limited} x 429 received"
     )
     lines.append(f"time     {format_duration(s.elapsed):>5}")
     if s.manifest is not None:
         lines.append(f"manifest {s.manifest}")
     if s.aborted:
-        lines.append("aborted: results in flight were lost; run the same command to resume")
+        lines.append("aborted: answers in flight were lost; run the same command to resume")
+    elif stop is not None and s.not_sent + s.failed:
+        lines.append(stop.advice)
     elif s.not_sent or s.failed:
         lines.append("run the same command again to retry what is not done (never pays twice)")
     return lines
 
 
+def _phase_shown(event: Phase, verbose: bool) -> bool:
+    return verbose or not event.detail
+
+
 class PlainReporter:
-    """One line per image to a text stream; skipped images are counted, not listed."""
+    """One line per image done, failed or rejected, to a text stream; images already done and
+    images not sent are counted, not listed, unless ``verbose``."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.verbose = verbose
         self.meter = RateMeter()
-        self._skipped_pending = 0
+        self._not_sent = 0
         self._last_status = 0.0
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        say(self.stream, text)
 
-    def phase(self, text: str) -> None:
-        if self.verbose or not text.startswith("hashed"):
-            self._print(text)
+    def phase(self, event: Phase) -> None:
+        """Print the step, unless it is a detail and the reporter is not verbose."""
+        if _phase_shown(event, self.verbose):
+            self._print(str(event))
 
     def start(self, progress: BatchProgress) -> None:
-        quota = format_rate(progress.rate_limit) if progress.rate_limit else "-"
-        self._print(
-            f"{progress.total} images, {progress.to_send} to upload at {quota} "
-            f"(about {format_duration(progress.eta)})"
-        )
-
-    def _flush_skipped(self) -> None:
-        if self._skipped_pending:
-            self._print(f"skipped {self._skipped_pending} images already done")
-            self._skipped_pending = 0
+        """Print what the run is about to do."""
+        self._print(_start_line(progress))
 
     def item(self, record: ManifestRecord, progress: BatchProgress) -> None:
-        if record.status is RecordStatus.SKIPPED and not self.verbose:
-            self._skipped_pending += 1
+        """Print a line for the image (not-sent images are counted unless verbose)."""
+        if record.status is RecordStatus.NOT_SENT and not self.verbose:
+            self._not_sent += 1
             return
-        self._flush_skipped()
         self._print(_record_line(record, progress))
 
     def tick(self, progress: BatchProgress) -> None:
+        """Print a status line every half minute."""
         self.meter.add(progress.elapsed, progress.attempts)
         if progress.elapsed - self._last_status >= _STATUS_EVERY:
             self._last_status = progress.elapsed
             self._print(_status_line(progress, self.meter.per_minute))
 
     def finish(self, summary: BatchSummary) -> None:
-        self._flush_skipped()
+        """Print the summary."""
+        if self._not_sent:
+            self._print(f"not sent: {plural(self._not_sent, 'image')} (listed with -v)")
         for line in summary_lines(summary):
             self._print(line)
+
+
+class _Bar:
+    """The progress line: fields that fit, by priority, never cut; a bar of 10 to 40 cells."""
+
+    def __init__(self) -> None:
+        self.progress = BatchProgress()
+        self.per_minute: float | None = None
+
+    def fields(self) -> list[str]:
+        """Optional fields, most important first."""
+        p = self.progress
+        credits = "?" if p.credits_remaining is None else str(p.credits_remaining)
+        return [
+            f"ETA {format_eta(p)}",
+            f"errors {p.failed + p.invalid}",
+            f"credits {credits}",
+            _rate_against_quota(self.per_minute, p.rate_limit),
+            f"retries {p.retries}",
+            f"429s {p.rate_limited}",
+        ]
+
+    def layout(self, width: int) -> tuple[str, int, str]:
+        """``(label, bar width, fields text)`` for a line of ``width`` cells."""
+        p = self.progress
+        label = "stopping" if p.stopping else "normals"
+        count = f"{p.settled}/{p.total}"
+        shown = [count]
+        for text in self.fields():
+            candidate = "  ".join([*shown, text])
+            if len(label) + 1 + _MIN_BAR + 1 + len(candidate) > width:
+                break
+            shown.append(text)
+        rest = "  ".join(shown)
+        bar = max(0, min(_MAX_BAR, width - len(label) - len(rest) - 2))
+        return label, bar, rest
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        label, bar, rest = self.layout(options.max_width)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        if bar:
+            grid.add_column(width=bar, no_wrap=True)
+        grid.add_column(no_wrap=True)
+        total = max(1, self.progress.total)
+        cells: list[Text | ProgressBar] = [Text(label)]
+        if bar:
+            cells.append(ProgressBar(total=total, completed=self.progress.settled, width=bar))
+        cells.append(Text(rest))
+        grid.add_row(*cells)
+        yield grid
 
 
 class RichReporter:
@@ -221,74 +320,47 @@ class RichReporter:
         self.summary_console = summary_console or Console(soft_wrap=True)
         self.verbose = verbose
         self.meter = RateMeter()
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("ETA {task.fields[eta]}"),
-            TextColumn("credits {task.fields[credits]}"),
-            TextColumn(
-                "retries {task.fields[retries]} · 429s {task.fields[r429]} · "
-                "errors {task.fields[errors]}"
-            ),
-            console=self.console,
-            transient=False,
-        )
-        self.task: TaskID | None = None
+        self.bar = _Bar()
+        self.live = Live(self.bar, console=self.console, auto_refresh=False, transient=False)
+        self._started = False
 
-    def phase(self, text: str) -> None:
-        if self.verbose or not text.startswith("hashed"):
-            self.console.print(text, style="dim", markup=False, highlight=False)
+    def _print(self, text: str, style: str | None = None) -> None:
+        say(self.console, text, style=style)
+
+    def phase(self, event: Phase) -> None:
+        """Print the step above the bar (details only when verbose)."""
+        if _phase_shown(event, self.verbose):
+            self._print(str(event), style="dim")
 
     def start(self, progress: BatchProgress) -> None:
-        quota = format_rate(progress.rate_limit) if progress.rate_limit else "-"
-        self.console.print(
-            f"{progress.total} images, {progress.to_send} to upload at {quota} "
-            f"(about {format_duration(progress.eta)})",
-            highlight=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            "normals", total=progress.total, **self._fields(progress)
-        )
-
-    def _fields(self, progress: BatchProgress) -> dict[str, Any]:
-        rate = self.meter.per_minute
-        credits = "?" if progress.credits_remaining is None else str(progress.credits_remaining)
-        return {
-            "rate": _rate_against_quota(rate, progress.rate_limit),
-            "eta": format_duration(progress.eta),
-            "credits": credits,
-            "retries": str(progress.retries),
-            "r429": str(progress.rate_limited),
-            "errors": str(progress.failed + progress.invalid),
-        }
+        """Print what the run is about to do and show the bar."""
+        self._print(_start_line(progress))
+        self.bar.progress = progress
+        self.live.start()
+        self._started = True
 
     def _update(self, progress: BatchProgress) -> None:
-        if self.task is not None:
-            description = "stopping" if progress.stopping else "normals"
-            self.progress.update(
-                self.task,
-                completed=progress.settled,
-                description=description,
-                **self._fields(progress),
-            )
+        self.bar.progress = progress
+        self.bar.per_minute = self.meter.per_minute
+        if self._started:
+            self.live.refresh()
 
     def item(self, record: ManifestRecord, progress: BatchProgress) -> None:
-        if record.status in (RecordStatus.FAILED, RecordStatus.INVALID, RecordStatus.NOT_SENT):
-            if record.status is not RecordStatus.NOT_SENT or self.verbose:
-                self.console.print(_record_line(record, progress), markup=False, highlight=False)
-        elif self.verbose and record.status is RecordStatus.DONE:
-            self.console.print(_record_line(record, progress), markup=False, highlight=False)
+        """Print failures and rejections above the bar (every image when verbose)."""
+        status = record.status
+        if status in (RecordStatus.FAILED, RecordStatus.INVALID) or self.verbose:
+            self._print(_record_line(record, progress))
         self._update(progress)
 
     def tick(self, progress: BatchProgress) -> None:
+        """Refresh the bar."""
         self.meter.add(progress.elapsed, progress.attempts)
         self._update(progress)
 
     def finish(self, summary: BatchSummary) -> None:
-        if self.task is not None:
-            self.progress.stop()
+        """Stop the bar and print the summary."""
+        if self._started:
+            self._update(summary)
+            self.live.stop()
         for line in summary_lines(summary):
-            self.summary_console.print(line, markup=False, highlight=False)
+            say(self.summary_console, line)

@@ -1,14 +1,24 @@
 """Contact sheets: one labelled row per portrait (input, normals, mask, relit).
 
-Pillow only; text uses Pillow's default font. This is what the command line's ``--preview`` and
-``--contact-sheets`` write and what the documentation shows.
+Pillow only. This is what the command line's ``--preview`` and ``--contact-sheets`` write and
+what the documentation shows.
+
+Labels are file names, so they can be in any script. They are drawn with DejaVu Sans, bundled
+with the package (``fonts/DejaVuSans.ttf``, its licence in ``fonts/LICENSE-DejaVu.txt``), which
+covers Latin, Greek, Cyrillic, Armenian, Georgian, Hebrew, Arabic and many symbols and emoticons.
+A character it lacks is never drawn as an empty box: its compatibility decomposition is drawn
+when the font has that (``ﬁ`` as ``fi``), else its code point in a small framed box (``1F9D1``),
+the way a last-resort font shows what it cannot draw.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import unicodedata
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -25,7 +35,7 @@ from .vectors import resize_field
 if TYPE_CHECKING:
     from .normalmap import NormalMap
 
-__all__ = ["SheetEntry", "contact_sheet"]
+__all__ = ["SheetEntry", "contact_sheet", "draw_label", "label_font", "label_width"]
 
 #: The contact sheet's relit column: a warm key light from the right, so the change shows.
 _SHEET_LIGHT = DirectionalLight((0.75, 0.35, 0.55), intensity=1.0, color=(1.0, 0.92, 0.8))
@@ -80,7 +90,7 @@ def contact_sheet(
     top = line
     for row, entry in enumerate(entries):
         if names is not None:
-            draw.text((_GAP, top + 3), names[row], fill=_INK, font=font)
+            draw_label(draw, (_GAP, top + 3), names[row], font)
             top += line
         cells = _row_cells(entry, tile, light=light, ambient=ambient, mode=mode, font=font)
         for i, cell in enumerate(cells):
@@ -100,7 +110,7 @@ def _row_cells(
     light: LightSpec,
     ambient: float | ArrayLike,
     mode: Literal["albedo", "ratio"],
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    font: Font,
 ) -> list[Image.Image]:
     photo_like, nm = entry if isinstance(entry, tuple) else (None, entry)
     w, h = nm.size
@@ -145,20 +155,107 @@ def _cell(picture: Image.Image, tile: int) -> Image.Image:
     return cell
 
 
-def _placeholder(
-    tile: int, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
-) -> Image.Image:
+def _placeholder(tile: int, text: str, font: Font) -> Image.Image:
     cell = Image.new("RGB", (tile, tile), _CELL)
     draw = ImageDraw.Draw(cell)
     _centred_text(draw, text, 0, tile, tile // 2 - _text_height(font) // 2, font)
     return cell
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+Font: TypeAlias = "ImageFont.FreeTypeFont"
+_FONT_FILE = "DejaVuSans.ttf"
+_MISSING = "\U0010ffff"  # a noncharacter: every font draws its "no glyph" shape for it
 
 
-def _text_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+@functools.cache
+def _font_bytes() -> bytes:
+    return resources.files(__package__).joinpath("fonts", _FONT_FILE).read_bytes()
+
+
+@functools.cache
+def label_font(size: int) -> Font:
+    """The bundled DejaVu Sans at ``size`` pixels (cached)."""
+    return ImageFont.truetype(io.BytesIO(_font_bytes()), size)
+
+
+def _font(size: int) -> Font:
+    return label_font(size)
+
+
+@functools.cache
+def _notdef(font: Font) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(_MISSING)
+    return mask.size, bytes(mask)
+
+
+@functools.cache
+def _has_glyph(font: Font, ch: str) -> bool:
+    if ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return True  # blank or combining: nothing to compare, drawn as the font does
+    mask = font.getmask(ch)
+    return (mask.size, bytes(mask)) != _notdef(font)
+
+
+def _runs(text: str, font: Font) -> list[tuple[str, bool]]:
+    """``text`` split into runs the font draws (``True``) and single characters it lacks."""
+    runs: list[tuple[str, bool]] = []
+    for ch in text:
+        if _has_glyph(font, ch):
+            if runs and runs[-1][1]:
+                runs[-1] = (runs[-1][0] + ch, True)
+            else:
+                runs.append((ch, True))
+            continue
+        decomposed = unicodedata.normalize("NFKD", ch)
+        if decomposed != ch and all(_has_glyph(font, c) for c in decomposed):
+            runs.append((decomposed, True))
+        else:
+            runs.append((ch, False))
+    return runs
+
+
+def _box_font(font: Font) -> Font:
+    return label_font(max(6, int(font.size * 0.45)))
+
+
+def _box_size(ch: str, font: Font) -> tuple[int, int]:
+    small = _box_font(font)
+    code = f"{ord(ch):04X}"
+    left, _top, right, _bottom = small.getbbox(code)
+    return int(right - left) + 4, int(font.size)
+
+
+def label_width(text: str, font: Font) -> int:
+    """Width in pixels of :func:`draw_label`'s drawing of ``text``."""
+    width = 0
+    for run, drawable in _runs(text, font):
+        width += int(font.getlength(run)) if drawable else _box_size(run, font)[0] + 1
+    return width
+
+
+def draw_label(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    text: str,
+    font: Font,
+    fill: tuple[int, int, int] = _INK,
+) -> None:
+    """Draw ``text`` at ``xy``: with the font where it has the glyphs, else each missing
+    character as its code point in a framed box."""
+    x, y = xy
+    for run, drawable in _runs(text, font):
+        if drawable:
+            draw.text((x, y), run, fill=fill, font=font)
+            x += int(font.getlength(run))
+            continue
+        w, h = _box_size(run, font)
+        small = _box_font(font)
+        draw.rectangle((x, y + 1, x + w - 1, y + h - 1), outline=fill)
+        draw.text((x + 2, y + (h - small.size) // 2), f"{ord(run):04X}", fill=fill, font=small)
+        x += w + 1
+
+
+def _text_height(font: Font) -> int:
     _left, top, _right, bottom = font.getbbox("Ag")
     return int(bottom - top) + 2
 
@@ -169,7 +266,6 @@ def _centred_text(
     left: int,
     width: int,
     top: int,
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    font: Font,
 ) -> None:
-    x0, _, x1, _ = draw.textbbox((0, 0), text, font=font)
-    draw.text((left + (width - int(x1 - x0)) // 2, top), text, fill=_INK, font=font)
+    draw_label(draw, (left + (width - label_width(text, font)) // 2, top), text, font)

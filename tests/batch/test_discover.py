@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from clipnormals._batch.discover import InputFile, discover, hash_file, sniff_image_format
+from clipnormals.batch import BatchInputError
 
 
 def image_bytes(fmt: str, size: tuple[int, int] = (4, 3)) -> bytes:
@@ -49,6 +50,7 @@ def test_folder_is_searched_by_content(tmp_path: Path) -> None:
     found = discover([root], cwd=tmp_path)
     assert keys(found.files) == ["a/b/photo.dat", "a/broken.jpg", "a/no_extension", "top.png"]
     assert found.ignored == 2
+    assert found.hidden == 2  # .hidden.png and the .git folder: counted, not searched
     assert all(f.path.is_absolute() for f in found.files)
 
 
@@ -85,7 +87,9 @@ def test_path_list_is_read_relative_to_cwd(tmp_path: Path) -> None:
     found = discover(["lists/todo"], cwd=tmp_path)
     # A listed folder is walked (keys relative to it); listed files keep their path from cwd.
     assert keys(found.files) == ["p/one.png", "two.jpg"]
-    assert found.missing == (("missing/three.png", "listed in todo but not found"),)
+    assert found.invalid == (
+        ("missing/three.png", "missing/three.png", "listed in todo but not found"),
+    )
 
 
 def test_list_entries_outside_cwd_keep_their_whole_path(tmp_path: Path) -> None:
@@ -122,7 +126,7 @@ def test_colliding_keys_get_a_suffix_from_the_path(tmp_path: Path) -> None:
 
 
 def test_missing_input_raises(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(BatchInputError, match="no such file or folder: nope"):
         discover(["nope"], cwd=tmp_path)
 
 

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from clipnormals import RateLimit
 from clipnormals._batch.manifest import ManifestRecord, RecordStatus
-from clipnormals._batch.types import BatchProgress, BatchSummary, ExitCode, StopReason
 from clipnormals._cli.progress import PlainReporter, RateMeter, RichReporter, summary_lines
+from clipnormals.batch import BatchProgress, BatchSummary, ExitCode, StopReason
 
 
 def record(source: str, status: RecordStatus, **kw: object) -> ManifestRecord:
@@ -60,12 +60,10 @@ def test_rate_meter_uses_the_last_window_only() -> None:
     assert meter.per_minute == pytest.approx(30.0, rel=0.05)
 
 
-def test_plain_reporter_prints_one_line_per_image_and_condenses_skips() -> None:
+def test_plain_reporter_prints_one_line_per_image() -> None:
     out = io.StringIO()
     reporter = PlainReporter(out)
     reporter.start(progress())
-    reporter.item(record("a.png", RecordStatus.SKIPPED), progress(skipped=1))
-    reporter.item(record("b.png", RecordStatus.SKIPPED), progress(skipped=2))
     reporter.item(
         record("c.png", RecordStatus.DONE, output="c.png.normals.jpg"), progress(skipped=2, done=1)
     )
@@ -75,11 +73,12 @@ def test_plain_reporter_prints_one_line_per_image_and_condenses_skips() -> None:
     )
     reporter.finish(BatchSummary(total=4, done=1, uploaded=1, skipped=2, invalid=1))
     lines = out.getvalue().splitlines()
-    assert lines[0] == "12 images, 10 to upload at 60/min (about 9s)"
-    assert lines[1] == "skipped 2 images already done"
-    assert lines[2] == "[ 3/12] done     c.png -> c.png.normals.jpg"
-    assert lines[3] == "[ 4/12] invalid  d.png: InvalidImageError: not an image"
-    assert lines[4].startswith("done         1")
+    assert lines[0] == (
+        "12 images, 10 to upload at 60/min (at least 9s: the quota's time, before the server's)"
+    )
+    assert lines[1] == "[ 3/12] done     c.png -> c.png.normals.jpg"
+    assert lines[2] == "[ 4/12] invalid  d.png: InvalidImageError: not an image"
+    assert lines[3].startswith("done         1")
 
 
 def test_plain_reporter_status_line_every_half_minute() -> None:
@@ -125,7 +124,7 @@ def test_summary_mentions_resume_when_something_is_left() -> None:
         )
     )  # fmt: skip
     text = "\n".join(lines)
-    assert "not sent     2  (credits ran out or the budget was reached)" in text
+    assert "not sent     2  (the account is out of credits)" in text
     assert "credits      1  consumed, 0 left" in text
     assert "manifest out/manifest.jsonl" in text
-    assert "run the same command again" in text
+    assert lines[-1] == "top up the account, then run the same command again to send the rest"

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipnormals import CreditPolicy, RetryPolicy
+from clipnormals import CreditPolicy, LocalLimiter, RetryPolicy
 from clipnormals._batch.dryrun import dry_run
 from clipnormals._batch.manifest import (
     ManifestLockedError,
@@ -23,16 +24,17 @@ from clipnormals._batch.manifest import (
     read_manifest,
 )
 from clipnormals._batch.runner import run_batch
-from clipnormals._batch.types import (
+from clipnormals.batch import (
     BatchConfig,
     BatchControl,
     BatchProgress,
     BatchSummary,
     ExitCode,
+    Phase,
     StopReason,
 )
 from clipnormals.emulator import Emulator, Faults
-from clipnormals.testing import TEST_KEY, client_for, emulator_config
+from clipnormals.testing import TEST_KEY, client_for, client_rate_limit, emulator_config
 
 from .corpus import Corpus, make_corpus
 
@@ -43,15 +45,15 @@ class Recorder:
     """A reporter that keeps everything it is told."""
 
     def __init__(self, on_item: Callable[[ManifestRecord, BatchProgress], None] | None = None):
-        self.phases: list[str] = []
+        self.phases: list[Phase] = []
         self.started: BatchProgress | None = None
         self.items: list[ManifestRecord] = []
         self.ticks = 0
         self.summary: BatchSummary | None = None
         self.on_item = on_item
 
-    def phase(self, text: str) -> None:
-        self.phases.append(text)
+    def phase(self, event: Phase) -> None:
+        self.phases.append(event)
 
     def start(self, progress: BatchProgress) -> None:
         self.started = progress
@@ -76,9 +78,15 @@ async def run(
     control: BatchControl | None = None,
     **client: Any,
 ) -> BatchSummary:
+    """Run the batch with a client on ``emulator``; with a ``control``, the client's limiter
+    goes through the control's gate, as the command builds it."""
     client.setdefault("max_concurrency", 4)
+    if control is not None:
+        client.setdefault("limiter", control.gate(LocalLimiter(client_rate_limit(emulator))))
     async with client_for(emulator, **client) as c:
-        return await run_batch(config, client=c, reporter=reporter, control=control)
+        summary = await run_batch(config, client=c, reporter=reporter, control=control)
+    assert summary.accounted, summary  # every source in exactly one count, always
+    return summary
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -165,6 +173,7 @@ async def test_rerun_skips_everything_and_sends_nothing(
     await run(emulator, config)
     requests = emulator.stats.requests
     before = outputs(config.output_dir)
+    manifest_after_first = config.manifest_path.read_bytes()
 
     summary = await run(emulator, config)
 
@@ -173,18 +182,15 @@ async def test_rerun_skips_everything_and_sends_nothing(
     assert summary.done == 0
     assert summary.credits_consumed == 0
     assert outputs(config.output_dir) == before
+    # Nothing changed: not a line is appended (no `skipped` record per image per rerun), and
+    # the records keep what each output cost. The invalid files are checked again and counted.
+    assert config.manifest_path.read_bytes() == manifest_after_first
+    assert summary.invalid == len(corpus.corrupt)
     records = latest(config)
-    skipped = [r for r in records.values() if r.status is RecordStatus.SKIPPED]
-    assert len(skipped) == len(corpus.good)
-    # A skipped record keeps what its output cost and when it was made.
-    assert sum(r.credits for r in skipped) == corpus.distinct
-    assert all(r.done_at is not None for r in skipped)
-    # Each run starts by compacting the manifest to one line per source, so it does not grow
-    # with every rerun: at most the compacted lines plus this run's.
-    sources = len(corpus.good) + len(corpus.corrupt)
-    assert len(config.manifest_path.read_text().splitlines()) == 2 * sources
-    await run(emulator, config)
-    assert len(config.manifest_path.read_text().splitlines()) == 2 * sources
+    done = [r for r in records.values() if r.status is RecordStatus.DONE]
+    assert len(done) == len(corpus.good)
+    assert sum(r.credits for r in done) == corpus.distinct
+    assert len(manifest_after_first.splitlines()) == len(corpus.good) + len(corpus.corrupt)
 
 
 async def test_missing_or_damaged_outputs_are_redone_without_paying_twice(
@@ -319,7 +325,8 @@ async def test_failures_are_recorded_and_retried_on_the_next_run(tmp_path: Path)
 async def test_graceful_stop_lets_in_flight_finish_and_records_the_rest(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "in", 30)
     config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
-    emulator = Emulator(emulator_config(credits=100))
+    # A quota slow enough that images queue for tokens inside the client when the stop comes.
+    emulator = Emulator(emulator_config(credits=100, rate=(20, 1.0)))
     control = BatchControl()
     at_stop: list[BatchProgress] = []
 
@@ -333,19 +340,43 @@ async def test_graceful_stop_lets_in_flight_finish_and_records_the_rest(tmp_path
     assert summary.stopped == StopReason.INTERRUPTED
     assert summary.exit_code is ExitCode.INTERRUPTED
     assert not summary.aborted
-    # What the client had been handed finished and was recorded; nothing else was sent.
-    assert summary.done == 5 + at_stop[0].in_flight
+    # No request started after the stop: the server saw exactly the attempts made before it
+    # (images waiting for a token were refused at the gate, not sent).
+    assert emulator.stats.requests == at_stop[0].attempts
+    # What was sent finished and was recorded; nothing else was paid for.
     assert charged(emulator) == summary.done == emulator.stats.requests
+    assert summary.done >= 5
     assert summary.not_sent > 0
     assert summary.done + summary.not_sent == 30
     records = latest(config)
-    assert sum(1 for r in records.values() if r.status is RecordStatus.NOT_SENT) == summary.not_sent
-    assert all(
-        r.error_type == "Interrupted" for r in records.values() if r.status is RecordStatus.NOT_SENT
-    )
+    not_sent = [r for r in records.values() if r.status is RecordStatus.NOT_SENT]
+    assert len(not_sent) == summary.not_sent
+    assert {r.error_type for r in not_sent} == {"Interrupted"}
+    assert all(r.attempts == 0 for r in not_sent)
     summary = await run(emulator, config)
     assert summary.exit_code is ExitCode.OK
     assert charged(emulator) == 30
+
+
+async def test_in_flight_counts_every_upload_handed_over_and_not_recorded(
+    tmp_path: Path,
+) -> None:
+    """At any snapshot, done + in flight + waiting = uploads: a job never counts as neither
+    done nor in flight (its slot, state and counts change in one step after its record)."""
+    corpus = make_corpus(tmp_path / "in", 20)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    emulator = Emulator(emulator_config(credits=100))
+    seen: list[BatchProgress] = []
+    summary = await run(
+        emulator,
+        config,
+        reporter=Recorder(lambda _record, progress: seen.append(progress)),
+        max_concurrency=3,
+    )
+    assert summary.done == 20
+    for progress in seen:
+        assert progress.uploads_settled == progress.done  # one source per content here
+        assert 0 <= progress.in_flight <= 3  # the kill -9 bound: never more than the slots
 
 
 async def test_abort_leaves_a_readable_manifest_and_resume_finishes(tmp_path: Path) -> None:
@@ -486,3 +517,95 @@ async def test_the_key_never_reaches_the_manifest(corpus: Corpus, config: BatchC
     assert TEST_KEY not in text
     for line in text.splitlines():
         json.loads(line)
+
+
+async def test_an_unreachable_server_stops_the_run_with_one_reason(tmp_path: Path) -> None:
+    """A base URL where nothing listens on loopback: the run stops with one reason, records
+    the images it never sent, and ends with exit 69, in bounded time (each image does not
+    burn its own retries)."""
+    import socket
+
+    from clipnormals import AsyncClient, RateLimit
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed on leaving: nothing listens there
+    corpus = make_corpus(tmp_path / "in", 12)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    control = BatchControl()
+    rate = RateLimit(requests=600, per=60.0)
+    async with AsyncClient(
+        api_key="unreachable-test-key",
+        base_url=f"http://127.0.0.1:{port}",
+        rate_limit=rate,
+        max_concurrency=4,
+        retry=RetryPolicy(total=1.0, initial=0.05, max_backoff=0.2),
+        limiter=control.gate(LocalLimiter(rate)),
+    ) as client:
+        summary = await run_batch(config, client=client, control=control)
+    assert summary.stopped is StopReason.UNREACHABLE
+    assert summary.exit_code is ExitCode.UNAVAILABLE
+    assert summary.accounted
+    assert summary.done == 0
+    # At most the images in flight when the first one gave up were tried; the rest never were.
+    assert summary.failed <= 4
+    assert summary.not_sent >= 12 - 4
+    records = latest(config)
+    assert all(r.status in (RecordStatus.FAILED, RecordStatus.NOT_SENT) for r in records.values())
+    assert {r.error_type for r in records.values() if r.status is RecordStatus.NOT_SENT} == {
+        "CircuitOpenError"
+    }
+
+
+async def test_a_circuit_open_error_stops_the_run_naming_the_host(tmp_path: Path) -> None:
+    import httpx
+
+    from clipnormals import AsyncClient, CircuitOpenError, RateLimit
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise CircuitOpenError("the client stopped trying to connect", host="api.example:443")
+
+    corpus = make_corpus(tmp_path / "in", 6)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    async with AsyncClient(
+        api_key="circuit-test-key",
+        transport=httpx.MockTransport(handler),
+        rate_limit=RateLimit(requests=600, per=60.0),
+        retry=RetryPolicy.disabled(),
+        max_concurrency=2,
+    ) as client:
+        summary = await run_batch(config, client=client)
+    assert summary.stopped is StopReason.UNREACHABLE
+    assert summary.stop_detail == "api.example:443"
+    assert summary.exit_code == 69
+    assert summary.accounted
+    assert summary.not_sent == 6  # a circuit-open error means nothing was sent
+    messages = {r.error for r in latest(config).values()}
+    assert messages == {"not sent: cannot reach the server (api.example:443)"}
+
+
+async def test_the_eta_follows_the_measured_pace_not_only_the_quota(tmp_path: Path) -> None:
+    """With a server that takes 0.2 s an image and one request at a time, the ETA counts at
+    least 0.2 s per image left, although the quota alone would allow 600 a minute."""
+    from clipnormals.emulator import Latency
+
+    corpus = make_corpus(tmp_path / "in", 12)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    emulator = Emulator(
+        emulator_config(credits=100, rate=(600, 60.0), latency=Latency.constant(0.2))
+    )
+    seen: list[BatchProgress] = []
+    await run(
+        emulator,
+        config,
+        reporter=Recorder(lambda _record, progress: seen.append(progress)),
+        max_concurrency=1,
+    )
+    measured = [p for p in seen if p.eta_measured and p.uploads_left]
+    assert measured
+    for progress in measured:
+        assert progress.eta is not None
+        assert progress.eta >= progress.uploads_left * 0.2
+        quota_only = replace(progress, pace=None).eta
+        assert quota_only is not None
+        assert progress.eta > quota_only
