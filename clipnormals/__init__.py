@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         NotAcceptableError,
         PermissionDeniedError,
         RateLimitError,
+        SendingStoppedError,
         ServerError,
         UnexpectedResponseError,
     )
@@ -99,6 +100,7 @@ __all__ = [
     "RateLimitError",
     "RetryPolicy",
     "SHLighting",
+    "SendingStoppedError",
     "ServerError",
     "UnexpectedResponseError",
     "__version__",
@@ -143,6 +145,7 @@ _LAZY: dict[str, str] = {
     "RateLimitError": "._errors",
     "RetryPolicy": "._core.retry",
     "SHLighting": "._normals.relight",
+    "SendingStoppedError": "._errors",
     "ServerError": "._errors",
     "UnexpectedResponseError": "._errors",
     "contact_sheet": "._normals.sheets",

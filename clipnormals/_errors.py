@@ -17,7 +17,8 @@ Every error a user can see derives from :class:`ClipnormalsError`::
     │   └── UnexpectedResponseError      a 200 that is not an image, any other status
     ├── CreditBudgetError                the client stopped itself; nothing was sent
     ├── ClientClosedError                the client was closed, or cannot be used here
-    │   └── ClientHaltedError            halted by an earlier 402/403 (.cause)
+    │   ├── ClientHaltedError            halted by an earlier 402/403 (.cause)
+    │   └── SendingStoppedError          stop_sending() was called before it started
     └── InvalidImageError (ValueError)   rejected before upload
 
 Third-party exceptions are translated where they happen, never shown raw: tenacity's never
@@ -58,6 +59,7 @@ __all__ = [
     "NotAcceptableError",
     "PermissionDeniedError",
     "RateLimitError",
+    "SendingStoppedError",
     "ServerError",
     "UnexpectedResponseError",
     "parse_retry_after",
@@ -244,6 +246,11 @@ class ClientHaltedError(ClientClosedError):
     ) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class SendingStoppedError(ClientClosedError):
+    """:meth:`AsyncClient.stop_sending` was called before this request could start: nothing
+    was sent for it (requests already sent when it was called finish normally)."""
 
 
 class CircuitOpenError(APIConnectionError):

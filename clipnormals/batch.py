@@ -17,7 +17,7 @@ Example:
 """
 
 from ._batch.config import BatchConfig
-from ._batch.control import BatchControl, StopGate
+from ._batch.control import BatchControl
 from ._batch.dryrun import DryRunReport, dry_run
 from ._batch.errors import BatchInputError, OutputFolderError, SendingStoppedError
 from ._batch.events import (
@@ -64,7 +64,6 @@ __all__ = [
     "Scanning",
     "SendingStoppedError",
     "SheetsWritten",
-    "StopGate",
     "StopReason",
     "Stopping",
     "dry_run",

@@ -181,3 +181,42 @@ async def test_closing_the_client_stops_open_iterations() -> None:
     await anyio.sleep(30)
     assert len(api.arrivals) == started
     gc.collect()
+
+
+# -- stop_sending: the graceful half of a shutdown ---------------------------------------------
+
+
+async def test_stop_sending_refuses_every_waiter_and_lets_the_sent_finish() -> None:
+    api = FakeAPI(latency=lambda: 2.0, credits=None)
+    slow = clipnormals.RateLimit(requests=60, per=60.0)  # a token a second: most images wait
+    async with _client(api, rate_limit=slow, max_concurrency=4) as client:
+        async with client.map([prepared(i % 3) for i in range(20)]) as items:
+            first = await items.__anext__()  # about 3 s in: three sent, more waiting for tokens
+            sent = len(api.arrivals)
+            client.stop_sending()
+            rest = [item async for item in items]
+        outcomes = [first, *rest]
+        ok = [i for i in outcomes if i.ok]
+        stopped = [i for i in outcomes if isinstance(i.error, clipnormals.SendingStoppedError)]
+        assert len(api.arrivals) == sent  # nothing started after the stop
+        assert len(ok) == sent  # what was sent finished
+        assert len(ok) + len(stopped) == 20
+        assert all(i.attempts == 0 for i in stopped)
+        assert client.credits.reserved == 0
+        with pytest.raises(clipnormals.SendingStoppedError):
+            await client.surface_normals(prepared())
+
+
+async def test_stopping_a_view_stops_only_that_view() -> None:
+    api = FakeAPI(credits=None)
+    async with _client(api) as client:
+        view = client.with_options()
+        view.stop_sending()
+        with pytest.raises(clipnormals.SendingStoppedError):
+            await view.surface_normals(prepared())
+        await client.surface_normals(prepared())  # the client itself still sends
+        later = client.with_options()
+        client.stop_sending()
+        with pytest.raises(clipnormals.SendingStoppedError):
+            await later.surface_normals(prepared())  # stopping a client stops its views
+    assert len(api.arrivals) == 1

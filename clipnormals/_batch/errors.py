@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .._errors import ClientClosedError, ClipnormalsError
+from .._errors import ClipnormalsError, SendingStoppedError
 
-__all__ = ["BatchInputError", "OutputFolderError", "SendingStoppedError"]
+__all__ = ["BatchInputError", "OutputFolderError", "SendingStoppedError"]  # the last from _errors
 
 
 class BatchInputError(ClipnormalsError):
@@ -17,11 +17,3 @@ class OutputFolderError(ClipnormalsError):
     """The output folder (or the manifest's folder) cannot be written: it is a file, is
     read-only, or sits on a file system that refuses writes. Checked before the first request,
     so nothing was sent."""
-
-
-class SendingStoppedError(ClientClosedError):
-    """The batch stopped sending (a graceful stop) before this image's request could start.
-
-    Raised by :meth:`BatchControl.gate` limiters to the requests still waiting for a token:
-    nothing was sent for the attempt it refused.
-    """

@@ -14,11 +14,12 @@ charged for and the manifest does not show.
 
 Stopping: :class:`BatchControl` ``stop()`` (first Ctrl-C), running out of credits, a refused
 key, a server that cannot be reached and an output that cannot be written all stop the same
-way: nothing more is handed to the client, the control's gates refuse every request that has
-not started (images waiting for a token are recorded ``not_sent``), and requests in flight
-finish and are recorded. ``abort()`` (second Ctrl-C) cancels at once. In every case every source
-ends in exactly one count: each gets a record at the end of the run (``not_sent`` for those
-never sent, ``failed`` for those an abort cut off in flight), or was already done.
+way: nothing more is handed to the client, the run's view of the client stops sending
+(:meth:`AsyncClient.stop_sending`: images waiting for credits, a slot or a token are refused
+and recorded ``not_sent``), and requests in flight finish and are recorded. ``abort()``
+(second Ctrl-C) cancels at once. In every case every source ends in exactly one count: each
+gets a record at the end of the run (``not_sent`` for those never sent, ``failed`` for those
+an abort cut off in flight), or was already done.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from .._images.prepare import PreparedImage
 from .config import BatchConfig
 from .control import BatchControl
 from .discover import open_regular
-from .errors import SendingStoppedError
 from .events import (
     Aborting,
     Adopted,
@@ -91,8 +91,8 @@ async def run_batch(
 
     The client decides the quota, retries, credit limits, how images are prepared and how many
     requests are in flight (``max_concurrency``, also the most uploads a ``kill -9`` can lose).
-    For a graceful stop that starts no request at all, build the client with
-    ``limiter=control.gate(...)`` (see :class:`BatchControl`).
+    The run sends through a view of the client (:meth:`AsyncClient.with_options`), which it
+    stops on a stop: no request starts after one, and the client itself stays usable.
 
     Raises:
         BatchInputError: an input given directly cannot be used; nothing was sent.
@@ -130,7 +130,7 @@ class _Runner:
         control: BatchControl,
     ) -> None:
         self.config = config
-        self.client = client
+        self.client = client.with_options()  # this run's own view: a stop stops only it
         self.reporter = reporter
         self.control = control
         self.threads = anyio.CapacityLimiter(config.threads)
@@ -235,7 +235,7 @@ class _Runner:
         self.prepare_scope.cancel()
         for scope in list(self.slot_waiters):
             scope.cancel()
-        self.control.close_gates()
+        self.client.stop_sending()
         if first:
             sent = self.client.stats.attempts - self.stats_before.attempts
             self.reporter.phase(Stopping(reason, detail, sent))
@@ -565,8 +565,6 @@ class _Runner:
         )
         if verdict.stop is not None:
             self.request_stop(verdict.stop, verdict.detail)
-        if isinstance(error, SendingStoppedError):
-            attempts = max(0, attempts - 1)  # the attempt the gate refused was never sent
         error_type, message = type(error).__name__, error.message
         if verdict.status is RecordStatus.NOT_SENT:
             error_type, message = self._unsent_words()  # as every image the stop left

@@ -31,7 +31,7 @@ from .._batch.writing import npz_bytes
 from .._core.client import AsyncClient
 from .._core.config import API_KEY_ENV, resolve_api_key
 from .._core.credits import CreditPolicy
-from .._core.limiter import LocalLimiter, RateLimit
+from .._core.limiter import RateLimit
 from .._core.retry import RetryPolicy
 from .._errors import AuthenticationError, ClipnormalsError
 from .._images.prepare import PrepareOptions
@@ -85,13 +85,11 @@ async def open_client(
 ) -> AsyncIterator[AsyncClient]:
     """The client the options describe.
 
-    With ``control``, its limiter is wrapped in the control's gate (a stop starts no request).
     With ``emulator``, it is pointed at a fresh loopback emulator. ``offline`` (a dry run)
     builds a client that will send nothing: it needs no key and starts no emulator.
     """
 
     def make(key: str, base_url: str | None) -> AsyncClient:
-        limiter = None if control is None else control.gate(LocalLimiter(options.rate))
         return AsyncClient(
             api_key=key,
             base_url=base_url,
@@ -100,7 +98,6 @@ async def open_client(
             retry=options.retry,
             credits=CreditPolicy(reserve=options.reserve, budget=options.max_credits),
             timeout=options.timeout,
-            limiter=limiter,
             prepare=PrepareOptions(strict=options.strict),
         )
 

@@ -29,7 +29,7 @@ from .._batch.outcomes import ExitCode
 from .._batch.runner import run_batch
 from .._core.client import AsyncClient
 from .._core.credits import CreditPolicy
-from .._core.limiter import LocalLimiter, RateLimit
+from .._core.limiter import RateLimit
 
 __all__ = ["DEMO_RATE", "make_demo_inputs", "run_demo"]
 
@@ -130,7 +130,7 @@ async def run_demo(directory: Path, reporter: BatchReporter, out: Console) -> Ex
         control = BatchControl()
         async with AsyncClient(
             api_key=key, base_url=url, rate_limit=DEMO_RATE, max_concurrency=4,
-            credits=CreditPolicy(), limiter=control.gate(LocalLimiter(DEMO_RATE)),
+            credits=CreditPolicy(),
         ) as client:  # fmt: skip
             summary = await run_batch(config, client=client, reporter=reporter, control=control)
         if summary.exit_code != ExitCode.OK:

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import anyio
 import httpx
 
-from .._errors import ClipnormalsError, InvalidImageError, UnexpectedResponseError, scrub
+from .._errors import (
+    ClipnormalsError,
+    InvalidImageError,
+    UnexpectedResponseError,
+    scrub,
+)
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
 from .._normals.normalmap import NormalMap
 from .config import check_base_url, configure_logging_from_env, resolve_api_key, resolve_base_url
@@ -32,7 +37,7 @@ from .limiter import Limiter, LocalLimiter, RateLimit
 from .map import MapIterator
 from .results import ClientStats
 from .retry import RetryPolicy
-from .session import SURFACE_NORMALS, Attempts, Endpoint, Session
+from .session import SURFACE_NORMALS, Attempts, Endpoint, Session, StopSignal
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -142,6 +147,7 @@ class AsyncClient:
         self._prepare = prepare or PrepareOptions()
         self._flip = (flip_x, flip_y)
         self._view = False
+        self._stop = StopSignal()
         if http_client is None:
             http = build_http_client(
                 base_url=base,
@@ -227,6 +233,7 @@ class AsyncClient:
         """
         view = copy.copy(self)
         view._view = True
+        view._stop = StopSignal(parent=self._stop)
         if timeout is not _UNSET:
             view._timeout = _as_timeout(timeout)
         if retry is not _UNSET:
@@ -239,6 +246,36 @@ class AsyncClient:
                 self._flip[1] if flip_y is _UNSET else flip_y,
             )
         return view
+
+    def stop_sending(self) -> None:
+        """Start no request any more: the graceful half of a shutdown.
+
+        Requests already sent finish normally; every image still waiting (for credits, a
+        concurrency slot or the quota) and every later call fails at once with
+        :class:`SendingStoppedError` (a :class:`ClientClosedError`), nothing sent. Stopping a
+        client stops the views :meth:`with_options` made of it; stopping a view stops only
+        that view. Synchronous, so a signal handler may call it. Close the client as usual
+        afterwards.
+
+        Example:
+            >>> import asyncio, clipnormals
+            >>> async def main() -> str:
+            ...     async with AsyncClient() as client:
+            ...         client.stop_sending()
+            ...         try:
+            ...             await client.surface_normals("portrait.jpg")
+            ...         except clipnormals.SendingStoppedError as exc:
+            ...             return type(exc).__name__
+            ...     return "sent"
+            >>> asyncio.run(main())
+            'SendingStoppedError'
+        """
+        self._stop.stop()
+
+    @property
+    def prepare_options(self) -> PrepareOptions:
+        """How this client prepares images (before the endpoint's limits are applied)."""
+        return self._prepare
 
     @property
     def credits(self) -> CreditLedger:
@@ -381,6 +418,7 @@ class AsyncClient:
     ) -> tuple[NormalMap, int]:
         session = self._session
         session.check_open()
+        self._stop.check()
         session.ledger.check()  # credits gone for good: fail before any Pillow work
         session.circuit.check()  # the server cannot be reached: likewise
         prepared = await self._prepared(endpoint, image, name)
@@ -390,6 +428,7 @@ class AsyncClient:
             retry=self.retry,
             http_timeout=http_timeout if http_timeout is not None else self._timeout,
             attempts=attempts,
+            stop=self._stop,
         )
         try:
             result = NormalMap(

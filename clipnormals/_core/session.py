@@ -15,9 +15,12 @@ credit reservation at once, then the body, all under the attempt's deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,7 @@ from .._errors import (
     InsufficientCreditsError,
     PermissionDeniedError,
     RateLimitError,
+    SendingStoppedError,
     ServerError,
     UnexpectedResponseError,
 )
@@ -53,7 +57,7 @@ if TYPE_CHECKING:
     from .._images.prepare import PreparedImage
     from .map import MapIterator
 
-__all__ = ["Attempts", "Endpoint", "Session"]
+__all__ = ["Attempts", "Endpoint", "Session", "StopSignal"]
 
 logger = logging.getLogger("clipnormals")
 
@@ -106,6 +110,57 @@ class _Secret:
         return "'***'"
 
     __str__ = __repr__
+
+
+class StopSignal:
+    """Whether a client (or a view of it) may still start requests; see ``stop_sending``.
+
+    A view's signal has the signal of the client it came from as its parent: stopping the
+    client stops its views, stopping a view stops only that view. Waits for credits, a slot and
+    the quota run in cancel scopes registered here, so a stop wakes every waiter at once.
+    """
+
+    __slots__ = ("_parent", "_stopped", "_waiting")
+
+    def __init__(self, parent: StopSignal | None = None) -> None:
+        self._parent = parent
+        self._stopped = False
+        self._waiting: set[anyio.CancelScope] = set()
+
+    @property
+    def stopped(self) -> bool:
+        """True once this client or one it came from stopped sending."""
+        return self._stopped or (self._parent is not None and self._parent.stopped)
+
+    def stop(self) -> None:
+        """Start no request any more; wake every request waiting to start."""
+        self._stopped = True
+        for scope in list(self._waiting):
+            scope.cancel()
+
+    def check(self) -> None:
+        """Raise :class:`SendingStoppedError` once stopped."""
+        if self.stopped:
+            raise SendingStoppedError("not sent: the client stopped sending before it started")
+
+    @contextmanager
+    def interruptible(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that a stop (of this signal or an ancestor) cancels."""
+        signals: list[StopSignal] = []
+        signal: StopSignal | None = self
+        while signal is not None:
+            signals.append(signal)
+            signal = signal._parent
+        with anyio.CancelScope() as scope:
+            for s in signals:
+                s._waiting.add(scope)
+            try:
+                if self.stopped:
+                    scope.cancel()
+                yield scope
+            finally:
+                for s in signals:
+                    s._waiting.discard(scope)
 
 
 class Session:
@@ -224,6 +279,7 @@ class Session:
         retry: RetryPolicy,
         http_timeout: httpx.Timeout | None,
         attempts: Attempts,
+        stop: StopSignal,
     ) -> tuple[bytes, httpx.Headers]:
         """Upload ``prepared`` until an answer is a normal map or the retry policy gives up;
         returns the body and headers of the 200."""
@@ -232,7 +288,7 @@ class Session:
             async for attempt in retry.retrying(clock=anyio.current_time, started=started):
                 with attempt:
                     return await self._attempt(
-                        endpoint, prepared, retry, http_timeout, started, attempts, span
+                        endpoint, prepared, retry, http_timeout, started, attempts, span, stop
                     )
                 outcome = attempt.retry_state.outcome
                 exc = outcome.exception() if outcome is not None else None
@@ -254,18 +310,28 @@ class Session:
         started: float,
         attempts: Attempts,
         span: ImageSpan,
+        stop: StopSignal,
     ) -> tuple[bytes, httpx.Headers]:
-        """One attempt: a credit reservation, a slot, a token, then the exchange."""
-        async with self.ledger.reserve() as reservation, self.slots:
-            self.ledger.check_halted()
-            self.circuit.check()
-            waiting = anyio.current_time()
-            await self.limiter.acquire()
+        """One attempt: a credit reservation, a slot, a token, then the exchange.
+
+        The three waits run in a scope a stop cancels: a stopped client starts nothing, and its
+        waiters give back what they hold.
+        """
+        async with contextlib.AsyncExitStack() as held:
+            with stop.interruptible():
+                reservation = await held.enter_async_context(self.ledger.reserve())
+                await held.enter_async_context(self.slots)
+                self.ledger.check_halted()
+                self.circuit.check()
+                started_waiting = anyio.current_time()
+                await self.limiter.acquire()
+            # A stop's cancellation ends in that scope; a cancellation from outside goes on.
+            stop.check()
             self.ledger.check_halted()
             probe = self.circuit.before_request()
             now = anyio.current_time()
             counters = self.counters
-            self.telemetry.attempt(span, retry=attempts.count > 0, waited=now - waiting)
+            self.telemetry.attempt(span, retry=attempts.count > 0, waited=now - started_waiting)
             if attempts.count:
                 counters.retries += 1
             attempts.count += 1

@@ -164,6 +164,16 @@ class Client:
         if self._closed:
             raise ClientClosedError("the client is closed")
 
+    def stop_sending(self) -> None:
+        """:meth:`AsyncClient.stop_sending`: start no request any more (thread-safe)."""
+        if not self._closed and self._pid == os.getpid():
+            self._portal.call(_stop_sending, self._async)
+
+    @property
+    def prepare_options(self) -> PrepareOptions:
+        """How this client prepares images."""
+        return self._async.prepare_options
+
     @property
     def credits(self) -> CreditLedger:
         """The live credit ledger (see :attr:`AsyncClient.credits`)."""
@@ -223,6 +233,10 @@ class Client:
             if not self._closed and self._pid == os.getpid():
                 with contextlib.suppress(RuntimeError):  # the portal may already be gone
                     self._portal.call(iterator.aclose)
+
+
+async def _stop_sending(client: AsyncClient) -> None:
+    client.stop_sending()
 
 
 async def _make_client(options: dict[str, Any]) -> AsyncClient:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipnormals import CreditPolicy, LocalLimiter, RetryPolicy
+from clipnormals import CreditPolicy, RetryPolicy
 from clipnormals._batch.dryrun import dry_run
 from clipnormals._batch.manifest import (
     ManifestLockedError,
@@ -34,7 +34,7 @@ from clipnormals.batch import (
     StopReason,
 )
 from clipnormals.emulator import Emulator, Faults
-from clipnormals.testing import TEST_KEY, client_for, client_rate_limit, emulator_config
+from clipnormals.testing import TEST_KEY, client_for, emulator_config
 
 from .corpus import Corpus, make_corpus
 
@@ -78,11 +78,8 @@ async def run(
     control: BatchControl | None = None,
     **client: Any,
 ) -> BatchSummary:
-    """Run the batch with a client on ``emulator``; with a ``control``, the client's limiter
-    goes through the control's gate, as the command builds it."""
+    """Run the batch with a client on ``emulator``."""
     client.setdefault("max_concurrency", 4)
-    if control is not None:
-        client.setdefault("limiter", control.gate(LocalLimiter(client_rate_limit(emulator))))
     async with client_for(emulator, **client) as c:
         summary = await run_batch(config, client=c, reporter=reporter, control=control)
     assert summary.accounted, summary  # every source in exactly one count, always
@@ -341,7 +338,7 @@ async def test_graceful_stop_lets_in_flight_finish_and_records_the_rest(tmp_path
     assert summary.exit_code is ExitCode.INTERRUPTED
     assert not summary.aborted
     # No request started after the stop: the server saw exactly the attempts made before it
-    # (images waiting for a token were refused at the gate, not sent).
+    # (images waiting for a token were refused by the stopped client, not sent).
     assert emulator.stats.requests == at_stop[0].attempts
     # What was sent finished and was recorded; nothing else was paid for.
     assert charged(emulator) == summary.done == emulator.stats.requests
@@ -540,7 +537,6 @@ async def test_an_unreachable_server_stops_the_run_with_one_reason(tmp_path: Pat
         rate_limit=rate,
         max_concurrency=4,
         retry=RetryPolicy(total=1.0, initial=0.05, max_backoff=0.2),
-        limiter=control.gate(LocalLimiter(rate)),
     ) as client:
         summary = await run_batch(config, client=client, control=control)
     assert summary.stopped is StopReason.UNREACHABLE

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,7 +27,6 @@ from clipnormals import (
     CreditPolicy,
     InsufficientCreditsError,
     InvalidImageError,
-    LocalLimiter,
     PermissionDeniedError,
     PrepareOptions,
     RateLimit,
@@ -47,12 +45,10 @@ from clipnormals._batch.runner import run_batch
 from clipnormals._core.credits import CreditLedger
 from clipnormals.batch import (
     BatchConfig,
-    BatchControl,
     BatchProgress,
     ExitCode,
     Hashed,
     SendingStoppedError,
-    StopGate,
     StopReason,
 )
 from clipnormals.emulator import Emulator
@@ -224,35 +220,6 @@ def test_the_pace_is_measured_from_settled_uploads() -> None:
     for t in (0.0, 30.0, 60.0, 61.0):
         meter.add(t)
     assert meter.pace == pytest.approx(15.5)  # (61 - 30) / 2: the last three only
-
-
-# -- the stop gate -----------------------------------------------------------------------------
-
-
-async def test_the_gate_refuses_waiters_and_later_requests() -> None:
-    gate = StopGate(LocalLimiter(RateLimit(requests=2, per=3600.0)))
-    await gate.acquire()  # the one token of the burst
-    outcome: list[str] = []
-
-    async def waiter() -> None:
-        try:
-            await gate.acquire()  # would wait half an hour for a token
-        except SendingStoppedError:
-            outcome.append("refused")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(waiter)
-        await anyio.wait_all_tasks_blocked()
-        gate.close()
-    assert outcome == ["refused"]
-    with pytest.raises(SendingStoppedError):
-        await gate.acquire()
-
-
-def test_a_control_stopped_early_closes_gates_made_later() -> None:
-    control = BatchControl()
-    control.stop()
-    assert control.gate(LocalLimiter(RateLimit())).closed
 
 
 # -- deprecations ------------------------------------------------------------------------------
