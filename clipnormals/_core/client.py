@@ -365,6 +365,7 @@ class AsyncClient:
                 prepared=prepared,
                 flip_x=self._flip[0],
                 flip_y=self._flip[1],
+                synthetic=headers.get("x-emulator") == "clipnormals",
             )
         except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
             raise UnexpectedResponseError(
