@@ -3,10 +3,11 @@
     python docs/gen_pictures.py
 
 The normal maps come from the in-process emulator (no key, no network), run on the two bundled
-sample portraits. The emulator's maps are synthetic, a smooth head-and-shoulders surface
-whatever the photo shows, and every picture made from them says so. The quota plot is the
-saturation benchmark's: copied from benchmarks/results/saturation.png, or drawn by the
-benchmark's own ``plot`` from benchmarks/results/saturation.json when only that is there.
+sample portraits. The emulator's maps are synthetic, one smooth head-and-shoulders surface
+placed where the subject of the photo seems to be, and every picture made from them says so.
+The quota plot is the saturation benchmark's: copied from benchmarks/results/saturation.png, or
+drawn by the benchmark's own ``plot`` from benchmarks/results/saturation.json when only that is
+there.
 
 The output is deterministic for a given Pillow/libjpeg: the emulator is seeded and nothing
 depends on the clock.
@@ -45,6 +46,11 @@ SAMPLES = ROOT / "clipnormals" / "samples"
 PORTRAITS = ("astronaut.png", "camera.png")
 RESULTS = ROOT / "benchmarks" / "results"
 SYNTHETIC = "Normal maps from the clipnormals emulator: synthetic, not an analysis of the photo."
+SHEET_NOTE = (
+    "Normal maps from the clipnormals emulator: one synthetic surface, placed where the subject "
+    "seems to be, not an analysis of the photo. The sheet knows (NormalMap.synthetic), so its "
+    "relit column lights the map's own clay instead of the photo."
+)
 
 PAPER = (255, 255, 255)
 INK = (40, 40, 40)
@@ -119,7 +125,7 @@ def sheet(maps: dict[str, NormalMap], out: Path) -> None:
     picture = contact_sheet(
         [(SAMPLES / name, nm) for name, nm in maps.items()], names=list(maps), tile=256
     )
-    with_footer(picture, SYNTHETIC).save(out / "contact-sheet.png", optimize=True)
+    with_footer(picture, SHEET_NOTE).save(out / "contact-sheet.png", optimize=True)
 
 
 LIGHTS: tuple[tuple[str, DirectionalLight | SHLighting], ...] = (
@@ -155,9 +161,9 @@ def relight_strip(nm: NormalMap, out: Path) -> None:
 def relight_modes(nm: NormalMap, out: Path) -> None:
     """Why ``mode="ratio"`` exists: a photo already has lighting, which "albedo" keeps.
 
-    The emulator's surface does not follow any photo, so the "photo" here is made to match
-    it: a flat skin tone lit from the left (by ``relight`` itself). Both modes then light it
-    from the right.
+    The emulator's surface follows where the subject is, not its shape, so the "photo" here is
+    made to match it: a flat skin tone lit from the left (by ``relight`` itself). Both modes
+    then light it from the right.
     """
     skin, backdrop = np.array((226, 178, 150), np.uint8), np.array((90, 90, 90), np.uint8)
     flat = Image.fromarray(np.where(nm.mask[..., None], skin, backdrop))
@@ -190,6 +196,8 @@ def mask_picture(nm: NormalMap, out: Path) -> None:
     ys, xs = np.nonzero(mask)
     shoulder_row = int(ys.max() - (ys.max() - ys.min()) * 0.25)
     cx, cy, half, zoom = int(xs[ys == shoulder_row].min()), shoulder_row, 40, 4
+    height, width = mask.shape
+    cx, cy = min(max(cx, half), width - half), min(max(cy, half), height - half)  # in the frame
     box = (cx - half, cy - half, cx + half, cy + half)
 
     def crop(picture: Image.Image) -> Image.Image:

@@ -113,7 +113,8 @@ async def run_demo(directory: Path, reporter: BatchReporter, out: Console) -> Ex
         f"against the built-in emulator on a loopback port: no key, no network. Its quota is "
         f"scaled to {DEMO_RATE.requests} requests per {DEMO_RATE.per:g} s (the real API: 60 per "
         "minute) so this takes seconds; its normal maps are synthetic (a smooth person-shaped "
-        "surface), not Clipdrop's.",
+        "surface placed where the subject seems to be), not Clipdrop's, so the pictures relight "
+        "that surface as grey clay, not the photo.",
         markup=False,
         highlight=False,
     )
@@ -146,7 +147,7 @@ async def run_demo(directory: Path, reporter: BatchReporter, out: Console) -> Ex
     sheets = sorted((output / SHEETS_DIR).glob("*.jpg"))
     out.print("look at:", markup=False)
     for sheet in sheets:
-        out.print(f"  {sheet}   (contact sheet: portrait, normal map, relit)", markup=False)
+        out.print(f"  {sheet}   (contact sheet: portrait, normal map, mask, relit)", markup=False)
     out.print(f"  {output}/   (<name>.normals.jpg as the API returns it, previews)", markup=False)
     out.print(f"  {config.manifest_path}   (one JSON record per image)", markup=False)
     out.print(

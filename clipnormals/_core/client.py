@@ -440,6 +440,7 @@ class AsyncClient:
                 flip_y=self._flip[1],
                 headers=_answer_headers(headers, session.key.reveal()),
                 request_id=next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None),
+                synthetic=headers.get("x-emulator") == "clipnormals",
             )
         except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
             raise UnexpectedResponseError(

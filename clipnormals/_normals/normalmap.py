@@ -39,7 +39,12 @@ if TYPE_CHECKING:
     from .._images.prepare import PreparedImage
     from .relight import LightSpec
 
-__all__ = ["NormalMap"]
+__all__ = ["SYNTHETIC_LABEL", "NormalMap"]
+
+#: How clipnormals' emulator labels its maps: every JPEG it serves carries a comment (COM
+#: marker) starting with these bytes. The emulator shares no code with the client, so the two
+#: spellings are held equal by a test.
+SYNTHETIC_LABEL = b"clipnormals emulator: synthetic"
 
 
 _Array = TypeVar("_Array", bound="np.ndarray[Any, Any]")
@@ -63,6 +68,8 @@ class NormalMap:
         credits_remaining: ``x-remaining-credits`` of the response, ``None`` when absent.
         credits_consumed: ``x-credits-consumed`` of the response, ``None`` when absent.
         prepared: how the upload was prepared (orientation, downscale), ``None`` when unknown.
+        synthetic: True when the map is known not to describe the photo (clipnormals'
+            emulator made it); pictures then light the map's own surface, never the photo.
         size: (width, height) of the map.
         rgb: uint8 (H, W, 3), the decoded JPEG.
         normals: float32 (H, W, 3) unit vectors, +X right, +Y up, +Z towards the viewer.
@@ -90,6 +97,7 @@ class NormalMap:
         "_rgb",
         "_size",
         "_source",
+        "_synthetic",
     )
 
     def __init__(
@@ -103,11 +111,13 @@ class NormalMap:
         flip_y: bool = False,
         headers: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        synthetic: bool = False,
     ) -> None:
         if not isinstance(jpeg, bytes | bytearray | memoryview):
             raise TypeError(f"jpeg must be bytes, not {type(jpeg).__name__}")
         self._jpeg = bytes(jpeg)
-        self._size = _read_size(self._jpeg)
+        self._size, labelled = _read_header(self._jpeg)
+        self._synthetic = bool(synthetic) or labelled
         self._credits_remaining = credits_remaining
         self._credits_consumed = credits_consumed
         self._prepared = prepared
@@ -167,6 +177,17 @@ class NormalMap:
         return self._prepared
 
     @property
+    def synthetic(self) -> bool:
+        """True when the map is known to be synthetic, not an analysis of the photo.
+
+        Set by the ``synthetic`` keyword (the client passes it when the response says
+        ``x-emulator: clipnormals``) or by the map's own bytes: the emulator's JPEGs carry a
+        comment starting with :data:`SYNTHETIC_LABEL`, which survives saving and reloading.
+        Contact sheets then relight the map's clay surface instead of the photo, and say so.
+        """
+        return self._synthetic
+
+    @property
     def flip_x(self) -> bool:
         """Whether the decoded X is negated."""
         return self._flip_x
@@ -191,6 +212,8 @@ class NormalMap:
             parts.append("flip_x=True")
         if self._flip_y:
             parts.append("flip_y=True")
+        if self._synthetic:
+            parts.append("synthetic=True")
         return f"NormalMap({', '.join(parts)})"
 
     # ------------------------------------------------------------------ lazy arrays
@@ -270,6 +293,7 @@ class NormalMap:
             flip_y=flip_y,
             headers=self._headers,
             request_id=self._request_id,
+            synthetic=self._synthetic,
         )
         with self._lock:
             other._rgb, other._mask = self._rgb, self._mask
@@ -436,16 +460,19 @@ class NormalMap:
         return target
 
 
-def _read_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header, without decoding the pixels."""
+def _read_header(data: bytes) -> tuple[tuple[int, int], bool]:
+    """Width and height from the header, without decoding the pixels, and whether the file is
+    labelled synthetic (a JPEG comment is read with the header)."""
     if not data:
         raise InvalidImageError("the normal map is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
+            comment = image.info.get("comment")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(f"the normal map is not a readable image: {exc}") from exc
-    return int(width), int(height)
+    labelled = isinstance(comment, bytes) and comment.startswith(SYNTHETIC_LABEL)
+    return (int(width), int(height)), labelled
 
 
 def _decode(data: bytes) -> NDArray[np.uint8]:

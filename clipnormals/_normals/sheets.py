@@ -44,6 +44,7 @@ _PAPER = (255, 255, 255)
 _INK = (40, 40, 40)
 _CELL = (225, 225, 225)
 _GAP = 8
+_SYNTHETIC_NOTE = "synthetic map: clay"
 
 PhotoLike: TypeAlias = "Image.Image | NDArray[np.generic] | str | os.PathLike[str]"
 SheetEntry: TypeAlias = "NormalMap | tuple[PhotoLike, NormalMap]"
@@ -63,7 +64,9 @@ def contact_sheet(
 
     An entry is a ``NormalMap`` or a ``(photo, NormalMap)`` pair; the photo is a PIL image, an
     array or a path. Without a photo the input cell says so and the relit cell shows the clay
-    render under the new light. Pictures are computed at tile size, so large maps cost little.
+    render under the new light. So does the relit cell of a map known to be synthetic
+    (:attr:`NormalMap.synthetic`, the emulator's), whose surface does not follow the photo; the
+    cell says "synthetic map". Pictures are computed at tile size, so large maps cost little.
 
     Example:
         >>> from clipnormals import NormalMap, contact_sheet  # doctest: +SKIP
@@ -118,19 +121,36 @@ def _row_cells(
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     normals, mask = resize_field(nm.normals, nm.mask, small)
     mask_picture = Image.fromarray(np.where(mask, np.uint8(255), np.uint8(20)))
+    photo = None
     if photo_like is None:
         input_cell = _placeholder(tile, "no photo", font)
-        relit = shaded_image(normals, mask, light=light, ambient=ambient)
     else:
         photo = _load_photo(photo_like).resize(small, Image.Resampling.LANCZOS)
         input_cell = _cell(photo, tile)
+    if photo is None or nm.synthetic:
+        # A synthetic map does not follow the photo: lighting the photo with it would paint its
+        # outline over whatever is there. Its own clay surface shows the light honestly.
+        relit = shaded_image(normals, mask, light=light, ambient=ambient)
+    else:
         relit = relight_image(photo, normals, mask, light=light, ambient=ambient, mode=mode)
+    relit_cell = _cell(relit, tile)
+    if nm.synthetic:
+        _mark_synthetic(relit_cell, font)
     return [
         input_cell,
         _cell(preview_image(normals, mask), tile),
         _cell(mask_picture.convert("RGB"), tile),
-        _cell(relit, tile),
+        relit_cell,
     ]
+
+
+def _mark_synthetic(cell: Image.Image, font: Font) -> None:
+    """Say on a relit cell that it shows a synthetic map's clay, not the photo."""
+    draw = ImageDraw.Draw(cell)
+    height = _text_height(font)
+    top = cell.height - height - 6
+    draw.rectangle((0, top - 3, cell.width, cell.height), fill=_CELL)
+    _centred_text(draw, _SYNTHETIC_NOTE, 0, cell.width, top, font)
 
 
 def _load_photo(photo: PhotoLike) -> Image.Image:

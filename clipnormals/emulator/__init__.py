@@ -3,7 +3,10 @@
 It speaks the API's contract exactly (auth, multipart, limits, JSON errors, credit headers,
 per-key credits), enforces a server-side rate limit with a choosable counting policy, adds
 latency and faults on demand, and counts everything it sees. Its normal maps are synthetic: a
-head-and-shoulders silhouette inflated into a smooth surface, not an analysis of the upload.
+head-and-shoulders silhouette inflated into a smooth surface, not an analysis of the upload. A
+crude estimate of where the subject of the photo is (colour contrast against the frame's top
+and sides) decides where the silhouette stands and how large it is, so that pictures made from
+the map line up with the photo; its shape is always the same.
 
 In process, through httpx (no socket)::
 
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import EmulatorConfig, Faults, Latency, Policy, RetryAfterMode, ServerLimit
 from ._emulator import Emulator, create_app
+from ._fit import fit_placement
 from ._parsers import parse_faults, parse_keys, parse_latency, parse_rate
 from ._policies import (
     CountingPolicy,
@@ -52,6 +56,7 @@ from ._policies import (
 )
 from ._stats import Counters, Stats
 from ._synth import SynthMap, synthetic_jpeg, synthetic_normal_map
+from ._template import Placement
 
 if TYPE_CHECKING:
     from ._app import ENDPOINT
@@ -68,6 +73,7 @@ __all__ = [
     "FixedWindow",
     "Latency",
     "LeakyBucket",
+    "Placement",
     "Policy",
     "RetryAfterMode",
     "RunningServer",
@@ -78,6 +84,7 @@ __all__ = [
     "TokenBucket",
     "bind_socket",
     "create_app",
+    "fit_placement",
     "local_emulator",
     "make_policy",
     "parse_faults",

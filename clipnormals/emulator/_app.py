@@ -17,12 +17,19 @@ Order of checks on ``POST /portrait-surface-normals/v1``, like a gateway in fron
 8. latency, the synthetic map, the charge, the 200 with ``x-remaining-credits`` and
    ``x-credits-consumed``.
 
+The synthetic map's template is placed on where the subject of the upload seems to be
+(:mod:`._fit`), worked out right after the checks, in the same worker thread, from the small
+copy of the pixels the checks keep (so a PNG is decoded once) and before the bytes are dropped.
+Uploads under ``MIN_PIXELS`` (and canned maps) keep the default placement and never reach the
+fit: the tests' and benchmarks' tiny images cost what they always did.
+
 Errors are ``{"error": "..."}`` with ``content-type: application/json``. Every response says
 ``x-emulator: clipnormals``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Final, Protocol
 
@@ -40,8 +47,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._admin import admin_routes
 from ._config import EmulatorConfig
+from ._fit import GRID, MIN_PIXELS, fit_placement
 from ._state import EmulatorState, Refusal
 from ._synth import cached_jpeg, synthetic_jpeg
+from ._template import Placement
 from ._validate import ImageInfo, Rejected, accepts_jpeg, inspect_image
 
 __all__ = ["CONNECTION_EXTENSION", "ENDPOINT", "build_app"]
@@ -136,7 +145,7 @@ class _Endpoint:
             return
         try:
             data = await self._read_upload(scope, receive, headers, config)
-            info = await self._inspect(data, config)
+            info, placement = await self._inspect(data, config)
         except Rejected as exc:
             await self._refuse(Refusal(exc.status, exc.message), key, scope, receive, send)
             return
@@ -146,7 +155,7 @@ class _Endpoint:
         del data
         cancelled = anyio.get_cancelled_exc_class()
         try:
-            await self._answer(key, info, scope, receive, send)
+            await self._answer(key, info, placement, scope, receive, send)
         except cancelled:
             # In process, a client deadline cancels the app: the request was abandoned.
             emulator.stats.record_abandoned(key)
@@ -189,20 +198,35 @@ class _Endpoint:
             detail = exc.detail if isinstance(exc, HTTPException) else exc.message
             raise Rejected(400, f"Malformed multipart body: {detail}") from None
 
-    async def _inspect(self, data: bytes, config: EmulatorConfig) -> ImageInfo:
+    async def _inspect(
+        self, data: bytes, config: EmulatorConfig
+    ) -> tuple[ImageInfo, Placement | None]:
+        """The upload's checks (400s) and, for a full-size map, where its template goes."""
         check = partial(
             inspect_image,
             data,
             max_pixels=config.max_pixels,
             max_file_bytes=config.max_file_bytes,
             verify=config.verify_images,
+            # What the checks decode, the fit need not decode again.
+            keep=GRID if config.synth == "full" else 0,
         )
         if len(data) < _THREAD_THRESHOLD:
-            return check()
-        return await anyio.to_thread.run_sync(check)
+            info = check()
+            if not _wants_placement(info, config):
+                return info, None
+            # Fitting costs milliseconds: off the event loop.
+            return info, await anyio.to_thread.run_sync(_placed, data, info)
+        return await anyio.to_thread.run_sync(_checked_and_placed, data, check, config)
 
     async def _answer(
-        self, key: str, info: ImageInfo, scope: Scope, receive: Receive, send: Send
+        self,
+        key: str,
+        info: ImageInfo,
+        placement: Placement | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         emulator = self.emulator
         config = emulator.config
@@ -229,7 +253,7 @@ class _Endpoint:
         latency = emulator.next_latency()
         if latency > 0:
             await anyio.sleep(latency)
-        body = await self._normal_map(info, config)
+        body = await self._normal_map(info, placement, config)
         left = emulator.charge(key)
         if left is None:
             message = "Insufficient credits: this api key has no credits left"
@@ -253,16 +277,19 @@ class _Endpoint:
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
-    async def _normal_map(self, info: ImageInfo, config: EmulatorConfig) -> bytes:
+    async def _normal_map(
+        self, info: ImageInfo, placement: Placement | None, config: EmulatorConfig
+    ) -> bytes:
         if config.synth == "canned":
             width, height = config.canned_size
+            placement = None
         else:
             width, height = info.width, info.height
         quality = config.jpeg_quality
-        found = cached_jpeg(width, height, quality=quality)
+        found = cached_jpeg(width, height, quality=quality, placement=placement)
         if found is not None:
             return found
-        build = partial(synthetic_jpeg, width, height, quality=quality)
+        build = partial(synthetic_jpeg, width, height, quality=quality, placement=placement)
         return await anyio.to_thread.run_sync(build)
 
     async def _reset(self, scope: Scope, receive: Receive) -> None:
@@ -304,6 +331,25 @@ class _Endpoint:
             )
         connection.close()
         await _wait_for_disconnect(receive)
+
+
+def _checked_and_placed(
+    data: bytes, check: Callable[[], ImageInfo], config: EmulatorConfig
+) -> tuple[ImageInfo, Placement | None]:
+    """Blocking: the upload's checks, then (a full-size map of a large enough image) the fit."""
+    info = check()
+    return info, _placed(data, info) if _wants_placement(info, config) else None
+
+
+def _placed(data: bytes, info: ImageInfo) -> Placement | None:
+    """Blocking: the fit, from the pixels the checks kept when they did, else from the bytes."""
+    if info.pixels is not None:
+        return fit_placement(info.pixels, size=(info.width, info.height))
+    return fit_placement(data)
+
+
+def _wants_placement(info: ImageInfo, config: EmulatorConfig) -> bool:
+    return config.synth == "full" and info.width * info.height >= MIN_PIXELS
 
 
 def _pick_upload(items: list[tuple[str, UploadFile | str]], config: EmulatorConfig) -> UploadFile:

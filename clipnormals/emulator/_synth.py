@@ -1,16 +1,22 @@
 """The emulator's synthetic normal maps.
 
-They are not estimates of anything: the emulator never looks at the person in the upload. A
-head-and-shoulders silhouette is placed at a fixed proportion of the frame (a square box at the
-bottom centre, as in a portrait), inflated into a smooth height field by solving Poisson's
-equation at low resolution, upsampled, and differentiated. Normals follow the +X right, +Y up,
-+Z towards the viewer convention; background pixels are exactly (128, 128, 255) before JPEG
-encoding. Every JPEG carries a comment saying it is synthetic.
+They are not estimates of anything: one head-and-shoulders template (``_template``), drawn in a
+square box (a :class:`~clipnormals.emulator._template.Placement`), is inflated into a smooth
+height field by solving Poisson's equation at low resolution, upsampled, and differentiated.
+Where the box goes is the only thing a photo can change: by default it stands at the bottom
+centre, as in a portrait; the app moves and scales it onto where
+:func:`~clipnormals.emulator._fit.fit_placement` guesses the subject is, so that the pictures
+made from the map line up with the photo. The shape, and every normal, stay the template's.
+Normals follow the +X right, +Y up, +Z towards the viewer convention; background pixels are
+exactly (128, 128, 255) before JPEG encoding. Every JPEG carries a comment saying it is
+synthetic.
 
 Inflation: ``laplacian(h) = -1`` inside the silhouette, ``h = 0`` outside, and a reflecting
 bottom edge (the body goes on below the frame). For a disc of radius R the solution is
 ``(R^2 - r^2) / 4``, so ``z = sqrt(4 h)`` would be a hemisphere; ``z = sqrt(2 h)`` is used, a
-round but slightly flattened profile with normals that turn outwards at the outline.
+round but slightly flattened profile with normals that turn outwards at the outline. When the
+box puts the torso past a side of the frame, the grid is widened on that side, so that the
+surface runs on out of view there instead of curling down at the frame's edge.
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from ._template import PLACEMENT_STEPS, Placement, coverage, overhang
+
 __all__ = ["SynthMap", "synthetic_jpeg", "synthetic_normal_map"]
 
 BACKGROUND: Final = (128, 128, 255)
-JPEG_COMMENT: Final = b"clipnormals emulator: synthetic normal map, not derived from the input"
+JPEG_COMMENT: Final = (
+    b"clipnormals emulator: synthetic normal map, a template placed on the photo, not derived "
+    b"from its content"
+)
 
 _LOW_RES = 128  # long side of the Poisson grid
-_SUPERSAMPLE = 4  # coverage samples per cell side
 _SCREEN = 8.0  # how hard the field is pulled to zero outside the outline
 _TOLERANCE = 1e-5  # relative SOR update at which the field counts as solved
 _LEVEL = 0.004  # the outline is this fraction of the peak of the field
@@ -64,31 +74,6 @@ class SynthMap:
     normals: FloatArray
     mask: BoolArray
     rgb: ByteArray
-
-
-def _coverage(width: int, height: int, cols: int, rows: int, extra_rows: int) -> FloatArray:
-    """Fraction of each low-resolution cell inside the head-and-shoulders outline.
-
-    Cells are supersampled so the outline is known to a fraction of a cell: the Poisson field
-    then follows the smooth outline, not the grid's staircase.
-    """
-    side = float(min(width, height))
-    x0 = (width - side) / 2.0
-    y0 = height - side
-    sub = _SUPERSAMPLE
-    xs = (np.arange(cols * sub, dtype=np.float64) + 0.5) * (width / (cols * sub))
-    ys = (np.arange((rows + extra_rows) * sub, dtype=np.float64) + 0.5) * (height / (rows * sub))
-    u = ((xs - x0) / side)[np.newaxis, :]
-    v = ((ys - y0) / side)[:, np.newaxis]
-    du = np.abs(u - 0.5)
-    head = (du / 0.165) ** 2 + ((v - 0.36) / 0.215) ** 2 <= 1.0
-    neck = (du <= 0.085) & (v >= 0.45) & (v <= 0.82)
-    top = np.where(v < 1.05, np.abs((v - 1.05) / 0.33), 0.0)
-    torso = (du / 0.43) ** 2.5 + top**2.5 <= 1.0
-    inside = (head | neck | torso).astype(np.float32)
-    cells = inside.reshape(rows + extra_rows, sub, cols, sub).mean(axis=(1, 3))
-    coverage: FloatArray = cells.astype(np.float32)
-    return coverage
 
 
 def _inflate(coverage: FloatArray) -> npt.NDArray[np.float64]:
@@ -143,24 +128,43 @@ def _smooth(field: npt.NDArray[np.float64], passes: int) -> npt.NDArray[np.float
 
 @functools.lru_cache(maxsize=32)
 def _low_res_field(
-    cols: int, rows: int, aspect_width: int, aspect_height: int
-) -> npt.NDArray[np.float64]:
-    """The smoothed field on the low-resolution grid (plus rows below the frame).
+    cols: int,
+    rows: int,
+    aspect_width: int,
+    aspect_height: int,
+    placement: tuple[int, int, int, int] | None = None,
+) -> tuple[npt.NDArray[np.float64], int]:
+    """The smoothed field on the low-resolution grid (plus rows below the frame, and columns
+    beside it where the torso runs past a side), and how many columns lie left of the frame.
 
-    It depends on the frame only through its aspect ratio, so photos of one shape at different
-    resolutions (4:3, 16:9...) share one solve. Read-only: callers share it.
+    It depends on the frame only through its aspect ratio and the placement's :meth:`key
+    <Placement.key>`, so photos of one shape at different resolutions (4:3, 16:9...) share one
+    solve. Read-only: callers share it.
     """
     extra = rows // 2
-    coverage = _coverage(aspect_width, aspect_height, cols, rows, extra)
-    field = _smooth(_inflate(coverage), _SMOOTH_PASSES)
+    box = None
+    pad = (0, 0)
+    lean = 0.0
+    if placement is not None:
+        steps = PLACEMENT_STEPS
+        side = placement[2] / steps * min(aspect_width, aspect_height)
+        box = (placement[0] / steps * aspect_width, placement[1] / steps * aspect_height, side)
+        lean = placement[3] / steps
+        pad = overhang(box, lean, aspect_width, cols)
+    cells = coverage(aspect_width, aspect_height, cols, rows, extra, box, pad, lean)
+    field = _smooth(_inflate(cells), _SMOOTH_PASSES)
     field.flags.writeable = False
-    return field
+    return field, pad[0]
 
 
-def synthetic_normal_map(width: int, height: int) -> SynthMap:
+def synthetic_normal_map(
+    width: int, height: int, *, placement: Placement | None = None
+) -> SynthMap:
     """Build the synthetic normal map of a ``width`` x ``height`` image (not cached).
 
-    CPU-bound (a second or two at 25 MP): call it from a worker thread in async code.
+    ``placement`` says where the template goes (None: :meth:`Placement.centred`); it is kept to
+    1/1024 of the frame. CPU-bound (a second or two at 25 MP): call it from a worker thread in
+    async code.
 
     Example:
         >>> m = synthetic_normal_map(64, 64)
@@ -173,12 +177,19 @@ def synthetic_normal_map(width: int, height: int) -> SynthMap:
     cols = max(8, round(width * scale))
     rows = max(8, round(height * scale))
     ratio = Fraction(width, height)
-    solved = _low_res_field(cols, rows, ratio.numerator, ratio.denominator)
+    key = None if placement is None else placement.key(width, height)
+    solved, left = _low_res_field(cols, rows, ratio.numerator, ratio.denominator, key)
     peak = float(solved[:rows].max())
     # A margin of cells around the frame lets the bicubic kernel see real values at the edges
     # (the reflecting bottom especially) instead of a truncated kernel.
     margin = 2
-    padded = np.pad(solved[: rows + margin], ((margin, 0), (margin, margin)), mode="edge")
+    right = solved.shape[1] - cols - left
+    # Beside the frame, the columns solved there (a torso running on out of view) where there
+    # are any, else the edge repeated.
+    add_left, add_right = max(0, margin - left), max(0, margin - right)
+    padded = np.pad(solved[: rows + margin], ((margin, 0), (add_left, add_right)), mode="edge")
+    start = left + add_left - margin
+    padded = padded[:, start : start + cols + 2 * margin]
     # h is in low-res px^2; in full-res px^2 it scales with the square of the pixel size.
     to_px2 = (width / cols) * (height / rows)
     field = Image.fromarray(padded.astype(np.float32), mode="F").resize(
@@ -241,24 +252,28 @@ def encode_jpeg(rgb: ByteArray, *, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+_CacheKey = tuple[int, int, int, tuple[int, int, int, int] | None]
+
+
 class _JpegCache:
-    """LRU of encoded maps by (width, height, quality); concurrent misses on one size compute
-    it once (a 25 MP map costs ~1 GB of temporaries: sixteen at a time would hurt)."""
+    """LRU of encoded maps by (width, height, quality, placement key); concurrent misses on one
+    key compute it once (a 25 MP map costs ~1 GB of temporaries: sixteen at a time would
+    hurt)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._items: OrderedDict[_CacheKey, bytes] = OrderedDict()
         self._lock = threading.Lock()
-        self._building: dict[tuple[int, int, int], threading.Lock] = {}
+        self._building: dict[_CacheKey, threading.Lock] = {}
 
-    def peek(self, key: tuple[int, int, int]) -> bytes | None:
+    def peek(self, key: _CacheKey) -> bytes | None:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def get(self, key: tuple[int, int, int]) -> bytes:
+    def get(self, key: _CacheKey, placement: Placement | None) -> bytes:
         found = self.peek(key)
         if found is not None:
             return found
@@ -267,8 +282,9 @@ class _JpegCache:
         with building:
             found = self.peek(key)
             if found is None:
-                width, height, quality = key
-                found = encode_jpeg(synthetic_normal_map(width, height).rgb, quality=quality)
+                width, height, quality, _ = key
+                synth = synthetic_normal_map(width, height, placement=placement)
+                found = encode_jpeg(synth.rgb, quality=quality)
                 with self._lock:
                     self._items[key] = found
                     while len(self._items) > self._size:
@@ -280,7 +296,9 @@ class _JpegCache:
 _CACHE = _JpegCache(_CACHE_SIZE)
 
 
-def synthetic_jpeg(width: int, height: int, *, quality: int = 90) -> bytes:
+def synthetic_jpeg(
+    width: int, height: int, *, quality: int = 90, placement: Placement | None = None
+) -> bytes:
     """The synthetic normal map of a ``width`` x ``height`` image as JPEG bytes, cached.
 
     Blocking on a cache miss (see :func:`synthetic_normal_map`).
@@ -289,9 +307,15 @@ def synthetic_jpeg(width: int, height: int, *, quality: int = 90) -> bytes:
         >>> synthetic_jpeg(32, 32)[:3] == b"\\xff\\xd8\\xff"
         True
     """
-    return _CACHE.get((width, height, quality))
+    return _CACHE.get(_cache_key(width, height, quality, placement), placement)
 
 
-def cached_jpeg(width: int, height: int, *, quality: int) -> bytes | None:
+def cached_jpeg(
+    width: int, height: int, *, quality: int, placement: Placement | None = None
+) -> bytes | None:
     """The cached JPEG when there is one, without building it (safe on an event loop)."""
-    return _CACHE.peek((width, height, quality))
+    return _CACHE.peek(_cache_key(width, height, quality, placement))
+
+
+def _cache_key(width: int, height: int, quality: int, placement: Placement | None) -> _CacheKey:
+    return (width, height, quality, None if placement is None else placement.key(width, height))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from PIL import Image, UnidentifiedImageError
@@ -38,11 +38,16 @@ class Rejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """What the emulator learned from an upload: its format and pixel size."""
+    """What the emulator learned from an upload: its format and pixel size.
+
+    ``pixels`` is the decoded image reduced to ``keep`` pixels on its long side, when the
+    checks decoded at least that many (see :func:`inspect_image`); otherwise None.
+    """
 
     format: str
     width: int
     height: int
+    pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -68,13 +73,15 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def inspect_image(
-    data: bytes, *, max_pixels: int, max_file_bytes: int, verify: bool = True
+    data: bytes, *, max_pixels: int, max_file_bytes: int, verify: bool = True, keep: int = 0
 ) -> ImageInfo:
     """Apply the contract's rules to an upload; raise :class:`Rejected` (400) when one fails.
 
     Order: empty, file size, format (sniffed, never trusted from a name or a part header),
     header readable, pixel count, then (``verify``) a full decode to catch corrupt data.
-    Blocking: run it in a worker thread for large uploads.
+    With ``keep`` > 0, the decoded pixels are kept, reduced to ``keep`` on their long side, so
+    that a later look at the picture need not decode it again (not when a JPEG's reduced
+    decode is smaller than that). Blocking: run it in a worker thread for large uploads.
 
     Example:
         >>> import io
@@ -95,6 +102,7 @@ def inspect_image(
         raise Rejected(400, "image_file is not a valid image: unrecognised file format")
     if fmt not in ACCEPTED_FORMATS:
         raise Rejected(400, f"Unsupported image format {fmt}: use PNG, JPEG or WEBP")
+    pixels = None
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as image:
             width, height = image.size
@@ -106,6 +114,9 @@ def inspect_image(
                     # and corruption show), at a fraction of the cost of a full decode.
                     image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
                 image.load()
+                if keep > 0 and max(image.size) >= keep:
+                    image.thumbnail((keep, keep), Image.Resampling.BOX)  # in place: no 2nd copy
+                    pixels = image.copy()  # closing the file frees the image's own pixels
     except Rejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -113,7 +124,7 @@ def inspect_image(
         raise Rejected(400, "image_file is too large: resolution over the limit") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise Rejected(400, "image_file is not a valid image: it could not be decoded") from exc
-    return ImageInfo(format=fmt, width=width, height=height)
+    return ImageInfo(format=fmt, width=width, height=height, pixels=pixels)
 
 
 def _too_many_pixels(width: int, height: int, max_pixels: int) -> str:
