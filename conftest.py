@@ -25,6 +25,10 @@ def _portraits(folder: Path) -> None:
     samples = resources.files("clipnormals").joinpath("samples")
     astronaut = Image.open(io.BytesIO(samples.joinpath("astronaut.png").read_bytes()))
     camera = Image.open(io.BytesIO(samples.joinpath("camera.png").read_bytes()))
+    from clipnormals.emulator import synthetic_jpeg
+
+    # A normal map "the API returned earlier": the emulator's synthetic map of the portrait.
+    (folder / "portrait_normals.jpg").write_bytes(synthetic_jpeg(*astronaut.size))
     for name, image, fmt in (
         ("portrait.jpg", astronaut, "JPEG"),
         ("a.jpg", astronaut, "JPEG"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,15 @@ def test_import_loads_neither_numpy_nor_pillow_nor_the_client() -> None:
 
 def test_dir_lists_every_public_name_before_first_use() -> None:
     assert set(clipnormals.__all__) <= set(dir(clipnormals))
+
+
+def test_every_docstring_example_runs() -> None:
+    """No example in the package is skipped: ``--doctest-modules`` runs every one of them."""
+    package = Path(clipnormals.__file__).parent
+    skipped = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "doctest: +SKIP" in line
+    ]
+    assert skipped == []

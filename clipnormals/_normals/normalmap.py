@@ -76,10 +76,13 @@ class NormalMap:
         mask: bool (H, W), True on the person.
 
     Example:
-        >>> nm = NormalMap.from_file("portrait_normals.jpg")  # doctest: +SKIP
-        >>> nm.normals.shape, nm.mask.mean()  # doctest: +SKIP
-        ((768, 512, 3), 0.41)
-        >>> nm.relight(photo, light=DirectionalLight((1, 0, 1))).save("relit.png")  # doctest: +SKIP
+        >>> nm = NormalMap.from_file("portrait_normals.jpg")  # a map the API returned earlier
+        >>> nm.normals.shape, nm.normals.dtype, round(float(nm.mask.mean()), 2)
+        ((512, 512, 3), dtype('float32'), 0.36)
+        >>> from PIL import Image
+        >>> from clipnormals import DirectionalLight
+        >>> photo = Image.open("portrait.jpg").convert("RGB")
+        >>> nm.relight(photo, light=DirectionalLight((1, 0, 1))).save("relit.png")
     """
 
     __slots__ = (
@@ -139,7 +142,8 @@ class NormalMap:
         """A normal map saved earlier (the API's JPEG, or any image Pillow reads). Blocking.
 
         Example:
-            >>> nm = NormalMap.from_file("out/portrait.jpg", flip_y=True)  # doctest: +SKIP
+            >>> NormalMap.from_file("portrait_normals.jpg", flip_y=True).flip_y
+            True
         """
         return cls(Path(path).read_bytes(), flip_x=flip_x, flip_y=flip_y)
 
@@ -252,8 +256,15 @@ class NormalMap:
         """Decode rgb, normals and mask in a worker thread; return ``self``.
 
         Example:
-            >>> nm = await client.surface_normals("portrait.jpg")  # doctest: +SKIP
-            >>> await nm.load()  # the loop stays free while numpy works  # doctest: +SKIP
+            >>> import asyncio
+            >>> from clipnormals import AsyncClient
+            >>> async def main() -> tuple[int, ...]:
+            ...     async with AsyncClient() as client:
+            ...         nm = await client.surface_normals("portrait.jpg")
+            ...     await nm.load()  # the event loop stays free while numpy works
+            ...     return nm.normals.shape
+            >>> asyncio.run(main())
+            (512, 512, 3)
         """
         await anyio.to_thread.run_sync(self._load_all)
         return self
@@ -270,10 +281,11 @@ class NormalMap:
         ``flip_y`` to :meth:`with_convention` (or to the client) to get +X right and +Y up.
 
         Example:
-            >>> found = nm.detect_convention()  # doctest: +SKIP
-            >>> found.reliable, found.flip_x, found.flip_y  # doctest: +SKIP
+            >>> nm = NormalMap.from_file("portrait_normals.jpg")
+            >>> found = nm.detect_convention()
+            >>> found.reliable, found.flip_x, found.flip_y
             (True, False, False)
-            >>> nm = nm.with_convention(flip_x=found.flip_x, flip_y=found.flip_y)  # doctest: +SKIP
+            >>> nm = nm.with_convention(flip_x=found.flip_x, flip_y=found.flip_y)
         """
         return detect_convention(self.rgb, self.mask)
 
@@ -281,7 +293,8 @@ class NormalMap:
         """The same map with other flips; what was decoded already is reused, not redone.
 
         Example:
-            >>> nm.with_convention(flip_x=False, flip_y=True).flip_y  # doctest: +SKIP
+            >>> nm = NormalMap.from_file("portrait_normals.jpg")
+            >>> nm.with_convention(flip_x=False, flip_y=True).flip_y
             True
         """
         other = NormalMap(
@@ -322,7 +335,8 @@ class NormalMap:
         is exactly (0, 0, 1).
 
         Example:
-            >>> nm.normals_at_source().shape[:2] == nm.source_size[::-1]  # doctest: +SKIP
+            >>> nm = NormalMap.from_file("portrait_normals.jpg")
+            >>> nm.normals_at_source().shape[:2] == nm.source_size[::-1]
             True
         """
         return self._at_source(stored_orientation)[0]
@@ -374,8 +388,13 @@ class NormalMap:
         or of :attr:`source_size`; the result has the same kind (RGB, alpha kept).
 
         Example:
-            >>> key = DirectionalLight((0.7, 0.3, 0.65), intensity=1.2)  # doctest: +SKIP
-            >>> nm.relight(photo, light=key, ambient=0.2, mode="ratio")  # doctest: +SKIP
+            >>> from PIL import Image
+            >>> from clipnormals import DirectionalLight
+            >>> nm = NormalMap.from_file("portrait_normals.jpg")
+            >>> photo = Image.open("portrait.jpg").convert("RGB")
+            >>> key = DirectionalLight((0.7, 0.3, 0.65), intensity=1.2)
+            >>> nm.relight(photo, light=key, ambient=0.2, mode="ratio").size
+            (512, 512)
         """
         size = image.size if isinstance(image, Image.Image) else np.shape(image)[1::-1]
         if tuple(size) == self._size:
@@ -404,7 +423,7 @@ class NormalMap:
         """The normal map as an RGB picture (flips applied, background exactly clean).
 
         Example:
-            >>> nm.preview().save("normals.png")  # doctest: +SKIP
+            >>> NormalMap.from_file("portrait_normals.jpg").preview().save("normals.png")
         """
         return preview_image(self.normals, self.mask)
 
@@ -418,7 +437,7 @@ class NormalMap:
         """A neutral grey clay render of the person, lit from the upper left.
 
         Example:
-            >>> nm.shaded().save("clay.png")  # doctest: +SKIP
+            >>> NormalMap.from_file("portrait_normals.jpg").shaded().save("clay.png")
         """
         return shaded_image(
             self.normals, self.mask, light=light, ambient=ambient, background=background
@@ -434,7 +453,8 @@ class NormalMap:
         PNG normal map, ``round((n + 1) * 32767.5)``, in this object's convention).
 
         Example:
-            >>> np.load(io.BytesIO(nm.export("npz")))["mask"].dtype  # doctest: +SKIP
+            >>> nm = NormalMap.from_file("portrait_normals.jpg")
+            >>> np.load(io.BytesIO(nm.export("npz")))["mask"].dtype
             dtype('bool')
         """
         if format == "jpeg":
@@ -452,7 +472,7 @@ class NormalMap:
         (.jpg/.jpeg, .npy, .npz, .png) unless given. Blocking. Returns the path.
 
         Example:
-            >>> nm.save("out/portrait.npz")  # doctest: +SKIP
+            >>> NormalMap.from_file("portrait_normals.jpg").save("out/portrait.npz")
             PosixPath('out/portrait.npz')
         """
         target = Path(path)

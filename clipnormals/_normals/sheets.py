@@ -69,10 +69,11 @@ def contact_sheet(
     cell says "synthetic map". Pictures are computed at tile size, so large maps cost little.
 
     Example:
-        >>> from clipnormals import NormalMap, contact_sheet  # doctest: +SKIP
-        >>> nm = NormalMap.from_file("portrait_normals.jpg")  # doctest: +SKIP
-        >>> sheet = contact_sheet([("portrait.jpg", nm)], names=["portrait"],
-        ...                       path="sheet.png")  # doctest: +SKIP
+        >>> from clipnormals import NormalMap, contact_sheet
+        >>> nm = NormalMap.from_file("portrait_normals.jpg")
+        >>> sheet = contact_sheet([("portrait.jpg", nm)], names=["portrait"], path="sheet.png")
+        >>> sheet.size
+        (1064, 318)
     """
     if tile < 32:
         raise ValueError(f"tile must be at least 32 pixels, got {tile}")

@@ -152,9 +152,12 @@ def serve(
     """Serve an emulator until interrupted (Ctrl-C). Blocking; for the CLI and scripts.
 
     ``on_listening`` is called with the base URL once the socket listens (useful with port 0).
+    To serve from a test or a program that goes on, use :func:`start_in_thread` instead.
 
-    Example:
-        >>> serve(EmulatorConfig(keys={"demo": 100}), port=8765)  # doctest: +SKIP
+    In a script, this blocks until Ctrl-C, as ``clipnormals emulator --port 8765 --keys
+    demo:100`` does::
+
+        serve(EmulatorConfig(keys={"demo": 100}), port=8765)
     """
     emulator = _as_emulator(target)
     sock = bind_socket(host, port, allow_public=allow_public)
