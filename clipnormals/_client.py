@@ -196,7 +196,7 @@ class AsyncClient:
     @property
     def stats(self) -> ClientStats:
         """A snapshot of the requests made so far."""
-        return self._counters.snapshot()
+        return self._counters.snapshot(learned=self._limiter.learned)
 
     @property
     def halted(self) -> bool:
@@ -339,9 +339,8 @@ class AsyncClient:
     async def _attempt(self, endpoint: Endpoint, prepared: PreparedImage) -> httpx.Response:
         async with self._slots:
             self._ledger.check_halted()
-            await self._limiter.acquire()
+            now = await self._limiter.acquire()
             self._ledger.check_halted()
-            now = anyio.current_time()
             counters = self._counters
             counters.attempts += 1
             if counters.first_attempt_at is None:
@@ -368,12 +367,14 @@ class AsyncClient:
                     self._scrub(f"connection failed: {type(exc).__name__}: {exc}")
                 ) from None
         counters.statuses[response.status_code] = counters.statuses.get(response.status_code, 0) + 1
+        if response.status_code != 429:
+            await self._limiter.admitted(started=now)
         if response.status_code == 200:
             self._check_image(response)
             counters.successes += 1
             self._rate_limit_streak = 0
             return response
-        await self._handle_error(response)
+        await self._handle_error(response, started=now)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _scrub(self, text: str) -> str:
@@ -395,7 +396,7 @@ class AsyncClient:
             self._counters.connection_errors += 1
             raise APIConnectionError(f"200 OK but the image body is unusable: {problem}")
 
-    async def _handle_error(self, response: httpx.Response) -> None:
+    async def _handle_error(self, response: httpx.Response, *, started: float) -> None:
         error = APIStatusError.from_response(response, secret=self._key.reveal())
         self._ledger.observe(parse_credit_header(response.headers, "x-remaining-credits"))
         if isinstance(error, RateLimitError):
@@ -403,7 +404,9 @@ class AsyncClient:
             self._rate_limit_streak += 1
             pause = self.retry.rate_limit_pause(self._rate_limit_streak, error.retry_after)
             logger.warning("429 from the server: every sender pauses %.2fs", pause)
-            await self._limiter.cooldown(pause)
+            await self._limiter.rate_limited(
+                started=started, pause=pause, retry_after=error.retry_after
+            )
         elif isinstance(error, ServerError):
             self._counters.server_errors += 1
         else:
