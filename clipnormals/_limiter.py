@@ -10,7 +10,8 @@ nginx-style leaky bucket). Two mechanisms keep it, each enough on its own in ste
   at most ``C + r * T`` starts in any interval of length ``T``, which is ``requests`` for
   ``T = per``. Each caller of ``acquire`` is handed its slot on the schedule when it queues
   (reserved slots, served in order), so a caller that wakes up late does not push later slots
-  back: lateness is not lost, it is made up by the next start.
+  back: lateness is not lost, it is made up by the next start. A change of settings (a lesson,
+  a cooldown) voids the slots handed out; their callers queue again.
 - *The start log* keeps the time of the last ``requests`` starts and holds back any start that
   would put ``requests + 1`` starts in a span shorter than ``per`` plus one spacing. It is exact:
   it holds whatever the schedule does, after late wake-ups included. A start that comes late by
@@ -40,15 +41,18 @@ wander more than one spacing. The lessons, in order:
    more than one spacing. The window margin widens: the window is stretched by two spacings,
    then by twice its stretch each time.
 3. Otherwise the server allows less than configured: the quota drops to the share of attempts
-   the server admitted since the last lesson, by at least 3% and at most by half, and to the
-   number of admitted starts in the trailing window when that is lower (what a window counter
-   held when it refused).
+   the server admitted since the last lesson (when at least eight were answered; with fewer, by
+   3% for an isolated 429 and by 30% for one that follows the last lesson within a window), by
+   at least 3% and at most by half, and to the number of admitted starts in the trailing window
+   when that is lower but at least a quarter of the quota (half while the client has been
+   sending for less than a window): what a window counter held when it refused.
 
-After each window without a lesson, the limiter probes back up by one request per window (or
-one spacing of margin), never above the configured quota. A 429 during a probe's first window
+Four windows after a lesson, and then after each window without one, the limiter probes back
+up by one request (or one spacing of margin), never above the configured quota. A 429 during a probe's first window
 undoes the probe, and the next probe waits eight windows (twice as long after each failure).
 429s for attempts that started before the last lesson teach nothing (they were sent under the
-old settings). What was learned is a plain :class:`RateLimit` (``LocalLimiter.learned``,
+old settings), nor do 429s before anything sent since the last lesson was admitted (a window
+counter may still be full). What was learned is a plain :class:`RateLimit` (``LocalLimiter.learned``,
 ``client.stats.learned``) to pass as ``rate_limit`` next time; each lesson is logged at INFO.
 """
 
@@ -70,6 +74,9 @@ logger = logging.getLogger("clipnormals")
 _PENDING, _ADMITTED, _REFUSED = 0, 1, 2
 _MIN_STEP: Final = 0.97  # a lesson lowers the rate by at least 3%
 _MAX_STEP: Final = 0.5  # and at most halves it
+_REPEAT_STEP: Final = 0.7  # a lesson hard on the heels of another, with few answers between
+_MIN_ANSWERS: Final = 8  # answers since the last lesson needed to trust the admitted share
+_FIRST_PROBE: Final = 4  # windows after a lesson before the first probe back up
 _PROBE_HOLD: Final = 8  # windows to wait before probing again after a failed probe
 
 
@@ -240,6 +247,7 @@ class LocalLimiter:
         "_last_reserved",
         "_lesson_at",
         "_lessons",
+        "_outstanding",
         "_probe_after",
         "_probe_hold",
         "_returned",
@@ -260,6 +268,7 @@ class LocalLimiter:
         self._first_start: float | None = None
         self._cooldown_until = -math.inf
         self._epoch = 0
+        self._outstanding = 0  # slots handed out on the schedule, not started yet
         self._lessons = 0
         self._lesson_at = -math.inf
         self._changed_at = -math.inf
@@ -301,6 +310,14 @@ class LocalLimiter:
         self._spacing = rl.spacing
         self._tolerance = 0.0 if rl.strict else (rl.capacity - 1.0) * rl.spacing
         self._window = rl.per + rl.spacing
+        self._restart(anyio.current_time() if self._starts else -math.inf)
+
+    def _restart(self, now: float) -> None:
+        """Void every slot handed out and start the schedule again from ``now``."""
+        self._epoch += 1
+        self._outstanding = 0
+        self._returned.clear()
+        self._tat = min(self._tat, now + self._tolerance + self._spacing)
 
     async def acquire(self) -> float:
         """Wait for the cooldown, then for a slot on the schedule; return the start time.
@@ -321,6 +338,7 @@ class LocalLimiter:
                     now = anyio.current_time()
                     due = max(slot, self._earliest())
                     if due <= now:
+                        self._outstanding -= 1
                         self._starts.append(_Start(now))
                         if self._first_start is None:
                             self._first_start = now
@@ -335,8 +353,17 @@ class LocalLimiter:
         while returned and returned[0] < now:
             heapq.heappop(returned)
         if returned:
+            self._outstanding += 1
             return heapq.heappop(returned)
         slot = max(self._tat - self._tolerance, now)
+        blocked = self._earliest(ahead=self._outstanding)
+        self._outstanding += 1
+        if blocked > slot + max(2.0 * self._spacing, self._current.per / 4):
+            # The start log holds this start back for far longer than late wake-ups explain
+            # (the quota was just lowered): the schedule moves on, so that the waiters it held
+            # back do not all start together when it lets go. Shorter holds (the start one
+            # window after a late one) stay with the waiter and leave the schedule alone.
+            slot = blocked
         self._last_reserved = (slot, self._tat)
         self._tat = max(self._tat, slot) + self._spacing
         return slot
@@ -344,18 +371,20 @@ class LocalLimiter:
     def _give_back(self, slot: float, epoch: int) -> None:
         if epoch != self._epoch:
             return  # a cooldown voided the slot and restarted the schedule
+        self._outstanding -= 1
         if self._last_reserved is not None and self._last_reserved[0] == slot:
             self._tat = self._last_reserved[1]
             self._last_reserved = None
         else:
             heapq.heappush(self._returned, slot)
 
-    def _earliest(self) -> float:
-        """The earliest time the start log and strict spacing allow the next start."""
+    def _earliest(self, ahead: int = 0) -> float:
+        """The earliest time the start log and strict spacing allow the next start (or, for
+        the schedule, the start after ``ahead`` more)."""
         starts, rl = self._starts, self._current
         earliest = -math.inf
-        if len(starts) >= rl.requests:
-            earliest = starts[-rl.requests].time + self._window
+        if 0 < rl.requests - ahead <= len(starts):
+            earliest = starts[ahead - rl.requests].time + self._window
         if rl.strict and starts:
             earliest = max(earliest, starts[-1].time + self._spacing)
         return earliest
@@ -371,9 +400,7 @@ class LocalLimiter:
         now = anyio.current_time()
         if now + seconds > self._cooldown_until:
             self._cooldown_until = now + seconds
-            self._epoch += 1  # every slot handed out is void
-            self._returned.clear()
-            self._tat = min(self._tat, now + self._tolerance + self._spacing)
+            self._restart(now)
 
     # -- what the client saw ----------------------------------------------------------------
 
@@ -403,8 +430,12 @@ class LocalLimiter:
         if start is not None:
             start.status = _REFUSED
         await self.cooldown(pause)
-        if start is None or not self.rate_limit.adaptive or started < self._lesson_at:
+        if start is None or not self.rate_limit.adaptive or started <= self._lesson_at:
             return  # unknown, or sent under settings already changed by an earlier lesson
+        if self._lessons and not any(
+            s.status == _ADMITTED and s.time > self._lesson_at for s in self._starts
+        ):
+            return  # nothing admitted since the last lesson: the server's state is unknown yet
         self._learn(start, anyio.current_time())
 
     def _learn(self, refused: _Start, now: float) -> None:
@@ -427,13 +458,19 @@ class LocalLimiter:
                 "bucket without burst; strict spacing from now on"
             )
         else:
-            answered = [s for s in earlier if s.time >= self._lesson_at and s.status != _PENDING]
+            answered = [s for s in earlier if s.time > self._lesson_at and s.status != _PENDING]
             answered.append(refused)
             share = sum(s.status == _ADMITTED for s in answered) / len(answered)
-            window: int | None = None
-            if self._first_start is not None and t - self._first_start >= cur.per:
-                window = sum(1 for s in earlier if s.time > t - cur.per and s.status != _REFUSED)
-            if window is not None and window >= cur.requests - cur.capacity - 1 and share >= 0.9:
+            if len(answered) < _MIN_ANSWERS:
+                # Too few answers to measure: an isolated 429 takes the smallest step; one that
+                # follows the last lesson within a window (429s coming thick and fast) a big one.
+                share = _MIN_STEP if now - self._lesson_at > cur.per else _REPEAT_STEP
+            window = sum(1 for s in earlier if s.time > t - cur.per and s.status != _REFUSED)
+            # A window count below a quarter of the quota, or below half of it when the client
+            # has not been sending for a whole window yet, is more likely a rate than a window.
+            history = t - (self._first_start if self._first_start is not None else t)
+            credible = window >= cur.requests / (4 if history >= cur.per else 2)
+            if window >= cur.requests - cur.capacity - 1 and share >= _MIN_STEP:
                 stretch = max(2.0 * (cur.per - cfg.per), 2.0 * cur.spacing)
                 new = replace(cur, per=_ceil_ms(cur.per + stretch))
                 why = (
@@ -443,18 +480,19 @@ class LocalLimiter:
             else:
                 factor = min(_MIN_STEP, max(share, _MAX_STEP))
                 requests = math.floor(cur.requests * factor)
-                if window is not None and cur.requests / 4 <= window < requests:
-                    requests = window
+                if credible and window < requests:
+                    requests = window  # what a window counter held when it refused
                 requests = max(requests, cur.burst + 1, 2)
                 new = replace(cur, requests=requests)
                 why = (
-                    f"refused with {window if window is not None else 'n/a'} admitted starts in "
+                    f"refused with {window} admitted starts in "
                     f"the last {cur.per:g} s and {share:.0%} of attempts admitted since the last "
                     "lesson: the server allows less than configured; quota lowered"
                 )
         self._lessons += 1
         self._lesson_at = now
         self._changed_at = now
+        self._probe_after = max(self._probe_after, now + _FIRST_PROBE * cur.per)
         self._before_probe = None
         self._use(new)
         logger.info(

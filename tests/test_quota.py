@@ -12,7 +12,7 @@ import pytest
 
 import clipnormals
 
-from .fakeapi import KEY, FakeAPI, lognormal, max_in_window, prepared
+from .fakeapi import KEY, FakeAPI, NginxBucket, lognormal, max_in_window, prepared
 
 pytestmark = pytest.mark.anyio
 
@@ -102,3 +102,90 @@ async def test_lower_server_quota_recovers_through_shared_cooldown() -> None:
     assert all(item.ok for item in results), [str(i.error) for i in results if not i.ok]
     assert client.stats.rate_limited == api.statuses.count(429) > 0
     assert api.charged == 80
+
+
+# -- lessons from 429s the client did not expect ----------------------------------------------
+
+
+def _nginx_without_burst(api: FakeAPI) -> FakeAPI:
+    api.limiter = NginxBucket(api.requests, api.per, burst=0)
+    return api
+
+
+def _quota_share(arrivals: list[float], statuses: list[int], requests: int, per: float) -> float:
+    ok = [t for t, s in zip(arrivals, statuses, strict=True) if s == 200]
+    return (len(ok) - 1) / (ok[-1] - ok[0]) * per / requests
+
+
+async def test_nginx_without_burst_teaches_strict_spacing() -> None:
+    # nginx limit_req without burst refuses any two arrivals closer than per / requests. The
+    # default bucket lets the second start after a pause come 0.1 spacing early: one 429, after
+    # which the limiter keeps strict spacing and the server never refuses again.
+    api = _nginx_without_burst(FakeAPI(credits=None, requests=600, per=60.0, latency=lambda: 0.3))
+    images = [prepared(seed=1)] * 250
+    async with _client(api, rate_limit=clipnormals.RateLimit(requests=600, per=60.0)) as client:
+        results = [item async for item in client.map(images)]
+        learned = client.stats.learned
+    assert all(item.ok for item in results)
+    assert 1 <= api.statuses.count(429) <= 3
+    assert learned is not None and learned.strict
+    assert learned.requests == 600 and learned.per == 60.0  # spacing was the whole lesson
+    assert _quota_share(api.arrivals, api.statuses, 600, 60.0) >= 0.9
+    # fed back as configuration, the lesson costs no 429 at all
+    again = _nginx_without_burst(FakeAPI(credits=None, requests=600, per=60.0))
+    async with _client(again, rate_limit=learned) as client:
+        assert all([item.ok async for item in client.map(images)])
+    assert 429 not in again.statuses
+
+
+@pytest.mark.parametrize("policy", ["fixed", "sliding", "token", "nginx"])
+async def test_a_quota_half_the_configured_one_is_learned(policy: str) -> None:
+    # The key allows 30 per 6 s; the client is told 60. After at most 5 429s the limiter has
+    # settled under the real quota and uses at least 90% of it from then on.
+    api = FakeAPI(policy=policy, credits=None, requests=30, per=6.0, latency=lognormal(0.3, 0.5))
+    images = [prepared(seed=1)] * 400
+    async with _client(
+        api,
+        rate_limit=clipnormals.RateLimit(requests=60, per=6.0),
+        retry=clipnormals.RetryPolicy(attempts=20, initial=0.05, max_backoff=3.0),
+    ) as client:
+        results = [item async for item in client.map(images)]
+        learned = client.stats.learned
+    assert all(item.ok for item in results)
+    refused = [t for t, s in zip(api.arrivals, api.statuses, strict=True) if s == 429]
+    assert refused and len([t for t in refused if t < 18.0]) <= 5, refused
+    # settled within three windows: from then on at least 90% of the real quota, with at most
+    # two probes back up refused in the 10+ windows that follow
+    assert len([t for t in refused if t >= 18.0]) <= 2, refused
+    ok = [t for t, s in zip(api.arrivals, api.statuses, strict=True) if s == 200 and t >= 18.0]
+    share = (len(ok) - 1) / (ok[-1] - ok[0]) * 6.0 / 30
+    assert share >= 0.9, share
+    assert learned is not None and learned.requests <= 40
+
+
+async def test_429s_sent_before_a_lesson_teach_nothing_more() -> None:
+    # Four requests in flight are refused at once (a storm the server injects): the first
+    # teaches, the three others were sent under the same settings and change nothing.
+    limiter = clipnormals.LocalLimiter(clipnormals.RateLimit(requests=60, per=60.0))
+    starts = [await limiter.acquire() for _ in range(4)]
+    await limiter.rate_limited(started=starts[1], pause=0.0)
+    after_first = limiter.current
+    for started in (starts[0], starts[2], starts[3]):
+        await limiter.rate_limited(started=started, pause=0.0)
+    assert limiter.lessons == 1
+    assert limiter.current == after_first
+    assert after_first.rate <= limiter.rate_limit.rate  # a lesson lowers, never raises
+
+
+async def test_probes_never_go_above_the_configured_quota() -> None:
+    rl = clipnormals.RateLimit(requests=60, per=60.0, strict=True)
+    limiter = clipnormals.LocalLimiter(rl)
+    first = await limiter.acquire()
+    await limiter.admitted(started=first)
+    second = await limiter.acquire()
+    await limiter.rate_limited(started=second, pause=0.0)
+    assert limiter.current.requests < 60
+    for _ in range(3000):  # an hour of clean windows
+        await limiter.admitted(started=await limiter.acquire())
+        assert limiter.current.rate <= rl.rate
+    assert limiter.current == rl
