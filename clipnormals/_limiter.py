@@ -48,12 +48,13 @@ wander more than one spacing. The lessons, in order:
    sending for less than a window): what a window counter held when it refused.
 
 Four windows after a lesson, and then after each window without one, the limiter probes back
-up by one request (or one spacing of margin), never above the configured quota. A 429 during a probe's first window
-undoes the probe, and the next probe waits eight windows (twice as long after each failure).
-429s for attempts that started before the last lesson teach nothing (they were sent under the
-old settings), nor do 429s before anything sent since the last lesson was admitted (a window
-counter may still be full). What was learned is a plain :class:`RateLimit` (``LocalLimiter.learned``,
-``client.stats.learned``) to pass as ``rate_limit`` next time; each lesson is logged at INFO.
+up by one request (or one spacing of margin), never above the configured quota. A 429 during a
+probe's first window undoes the probe, and the next probe waits eight windows (twice as long
+after each failure). 429s for attempts that started before the last lesson teach nothing (they
+were sent under the old settings), nor do 429s before anything sent since the last lesson was
+admitted (a window counter may still be full). What was learned is a plain :class:`RateLimit`
+(``LocalLimiter.learned``, ``client.stats.learned``) to pass as ``rate_limit`` next time;
+each lesson is logged once, at INFO.
 """
 
 from __future__ import annotations

@@ -128,8 +128,9 @@ async def test_nginx_without_burst_teaches_strict_spacing() -> None:
         learned = client.stats.learned
     assert all(item.ok for item in results)
     assert 1 <= api.statuses.count(429) <= 3
-    assert learned is not None and learned.strict
-    assert learned.requests == 600 and learned.per == 60.0  # spacing was the whole lesson
+    assert learned is not None
+    assert learned.strict
+    assert (learned.requests, learned.per) == (600, 60.0)  # spacing was the whole lesson
     assert _quota_share(api.arrivals, api.statuses, 600, 60.0) >= 0.9
     # fed back as configuration, the lesson costs no 429 at all
     again = _nginx_without_burst(FakeAPI(credits=None, requests=600, per=60.0))
@@ -153,14 +154,16 @@ async def test_a_quota_half_the_configured_one_is_learned(policy: str) -> None:
         learned = client.stats.learned
     assert all(item.ok for item in results)
     refused = [t for t, s in zip(api.arrivals, api.statuses, strict=True) if s == 429]
-    assert refused and len([t for t in refused if t < 18.0]) <= 5, refused
+    assert refused
+    assert len([t for t in refused if t < 18.0]) <= 5, refused
     # settled within three windows: from then on at least 90% of the real quota, with at most
     # two probes back up refused in the 10+ windows that follow
     assert len([t for t in refused if t >= 18.0]) <= 2, refused
     ok = [t for t, s in zip(api.arrivals, api.statuses, strict=True) if s == 200 and t >= 18.0]
     share = (len(ok) - 1) / (ok[-1] - ok[0]) * 6.0 / 30
     assert share >= 0.9, share
-    assert learned is not None and learned.requests <= 40
+    assert learned is not None
+    assert learned.requests <= 40
 
 
 async def test_429s_sent_before_a_lesson_teach_nothing_more() -> None:
