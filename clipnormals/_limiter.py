@@ -34,18 +34,21 @@ current settings, when the limiter's own count says the server should not refuse
 something: the server counts more strictly, allows less than configured, or sees arrivals
 wander more than one spacing. The lessons, in order:
 
-1. A refused start less than ``per / requests`` after the one before it: the server counts like
-   a leaky bucket without burst. Strict spacing from now on (costs nothing in rate).
+1. A refused start less than ``per / requests`` (of the quota as now believed) after the one
+   before it: the server counts like a leaky bucket without burst. Strict spacing from now on
+   (costs nothing in rate).
 2. A refused start when the admitted starts in the trailing window came within two of the
    window's limit, and almost every attempt since the last lesson was admitted: arrivals wander
    more than one spacing. The window margin widens: the window is stretched by two spacings,
    then by twice its stretch each time.
 3. Otherwise the server allows less than configured: the quota drops to the share of attempts
-   the server admitted since the last lesson (when at least eight were answered; with fewer, by
-   3% for an isolated 429 and by 30% for one that follows the last lesson within a window), by
+   the server admitted since the last lesson (when at least 20 were answered; with fewer, by
+   3%, or by 30% when fewer than five were admitted since a lowering less than a window ago), by
    at least 3% and at most by half, and to the number of admitted starts in the trailing window
    when that is lower but at least a quarter of the quota (half while the client has been
-   sending for less than a window): what a window counter held when it refused.
+   sending for less than a window): what a window counter held when it refused; and to the
+   rate at which the server admitted starts since the refusal before (from full to full again:
+   its rate, a token bucket's included).
 
 Four windows after a lesson, and then after each window without one, the limiter probes back
 up by one request (or one spacing of margin), never above the configured quota. A 429 during a
@@ -76,7 +79,8 @@ _PENDING, _ADMITTED, _REFUSED = 0, 1, 2
 _MIN_STEP: Final = 0.97  # a lesson lowers the rate by at least 3%
 _MAX_STEP: Final = 0.5  # and at most halves it
 _REPEAT_STEP: Final = 0.7  # a lesson hard on the heels of another, with few answers between
-_MIN_ANSWERS: Final = 8  # answers since the last lesson needed to trust the admitted share
+_THICK: Final = 5  # fewer admissions than this between two lowerings: 429s thick and fast
+_MIN_ANSWERS: Final = 20  # answers since the last lesson needed to trust the admitted share
 _FIRST_PROBE: Final = 4  # windows after a lesson before the first probe back up
 _PROBE_HOLD: Final = 8  # windows to wait before probing again after a failed probe
 
@@ -248,6 +252,7 @@ class LocalLimiter:
         "_last_reserved",
         "_lesson_at",
         "_lessons",
+        "_lowered_at",
         "_outstanding",
         "_probe_after",
         "_probe_hold",
@@ -272,6 +277,7 @@ class LocalLimiter:
         self._outstanding = 0  # slots handed out on the schedule, not started yet
         self._lessons = 0
         self._lesson_at = -math.inf
+        self._lowered_at = -math.inf  # the last lesson that lowered the rate
         self._changed_at = -math.inf
         self._before_probe: RateLimit | None = None
         self._probe_after = -math.inf
@@ -444,7 +450,7 @@ class LocalLimiter:
         t = refused.time
         earlier = [s for s in self._starts if s.time < t]
         gap = t - earlier[-1].time if earlier else math.inf
-        nominal = cfg.per / cfg.requests
+        nominal = cur.per / cur.requests  # the spacing of the quota as now believed
         if self._before_probe is not None and now - self._changed_at < cur.per:
             new = self._before_probe
             self._probe_after = now + self._probe_hold * cur.per
@@ -461,11 +467,14 @@ class LocalLimiter:
         else:
             answered = [s for s in earlier if s.time > self._lesson_at and s.status != _PENDING]
             answered.append(refused)
-            share = sum(s.status == _ADMITTED for s in answered) / len(answered)
+            admitted = sum(s.status == _ADMITTED for s in answered)
+            share = admitted / len(answered)
             if len(answered) < _MIN_ANSWERS:
                 # Too few answers to measure: an isolated 429 takes the smallest step; one that
-                # follows the last lesson within a window (429s coming thick and fast) a big one.
-                share = _MIN_STEP if now - self._lesson_at > cur.per else _REPEAT_STEP
+                # comes within a few admissions of the last lowering (429s coming thick and
+                # fast: the server allows far less) a big one.
+                thick = admitted < _THICK and now - self._lowered_at <= cur.per
+                share = _REPEAT_STEP if thick else _MIN_STEP
             window = sum(1 for s in earlier if s.time > t - cur.per and s.status != _REFUSED)
             # A window count below a quarter of the quota, or below half of it when the client
             # has not been sending for a whole window yet, is more likely a rate than a window.
@@ -483,6 +492,14 @@ class LocalLimiter:
                 requests = math.floor(cur.requests * factor)
                 if credible and window < requests:
                     requests = window  # what a window counter held when it refused
+                # Between two refusals the server went from full to full again: what it
+                # admitted in between, over that time, is its rate (a token bucket's included).
+                refusals = [s.time for s in earlier if s.status == _REFUSED]
+                since = refusals[-1] if refusals else self._first_start or t
+                between = sum(1 for s in earlier if s.time > since and s.status == _ADMITTED)
+                if between >= _THICK and t - since >= _THICK * cur.spacing:
+                    estimate = math.floor((between + 1) / (t - since) * cur.per)
+                    requests = min(requests, estimate)
                 requests = max(requests, cur.burst + 1, 2)
                 new = replace(cur, requests=requests)
                 why = (
@@ -490,6 +507,8 @@ class LocalLimiter:
                     f"the last {cur.per:g} s and {share:.0%} of attempts admitted since the last "
                     "lesson: the server allows less than configured; quota lowered"
                 )
+        if new.rate < cur.rate:
+            self._lowered_at = now
         self._lessons += 1
         self._lesson_at = now
         self._changed_at = now
