@@ -1,7 +1,8 @@
 """The asynchronous client: one request path shared by every endpoint and by the batch runner.
 
 Data flow for one image: prepare (worker thread) -> credit reservation -> concurrency slot ->
-limiter token -> HTTP attempt -> (retry: back to the slot) -> commit or release -> NormalMap.
+limiter token (on the wire where the transport allows, see _gate.py) -> HTTP attempt -> (retry:
+back to the slot) -> commit or release -> NormalMap.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ._exceptions import (
     ServerError,
     UnexpectedResponseError,
 )
+from ._gate import StartGate, calls_trace_hooks
 from ._limiter import Limiter, LocalLimiter, RateLimit
 from ._map import MapIterator
 from ._normalmap import NormalMap
@@ -144,6 +146,7 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
         self._limiter: Limiter = limiter or LocalLimiter(self.rate_limit)
+        self._slot_on_wire = calls_trace_hooks(transport)  # see _gate.py
         self._ledger = CreditLedger(credits or CreditPolicy())
         self._prepare = prepare or PrepareOptions()
         self._flip = (flip_x, flip_y)
@@ -336,16 +339,21 @@ class AsyncClient:
                 )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    def _started(self, now: float) -> None:
+        self._ledger.check_halted()
+        counters = self._counters
+        counters.attempts += 1
+        if counters.first_attempt_at is None:
+            counters.first_attempt_at = now
+        counters.last_attempt_at = now
+
     async def _attempt(self, endpoint: Endpoint, prepared: PreparedImage) -> httpx.Response:
+        counters = self._counters
         async with self._slots:
             self._ledger.check_halted()
-            now = await self._limiter.acquire()
-            self._ledger.check_halted()
-            counters = self._counters
-            counters.attempts += 1
-            if counters.first_attempt_at is None:
-                counters.first_attempt_at = now
-            counters.last_attempt_at = now
+            gate = StartGate(self._limiter, self._started, on_wire=self._slot_on_wire)
+            if not self._slot_on_wire:
+                await gate.open()
             try:
                 response = await self._http.post(
                     endpoint.path,
@@ -353,6 +361,7 @@ class AsyncClient:
                         endpoint.field: (prepared.filename, prepared.data, prepared.content_type)
                     },
                     headers={"x-api-key": self._key.reveal(), "accept": endpoint.accept},
+                    extensions=gate.extensions,
                 )
             # The httpx exception is not chained: its message and its request's headers are not
             # ours to vet, and a chained exception is printed with every traceback.
@@ -366,6 +375,9 @@ class AsyncClient:
                 raise APIConnectionError(
                     self._scrub(f"connection failed: {type(exc).__name__}: {exc}")
                 ) from None
+            if gate.started is None:
+                self._slot_on_wire = False
+            now = await gate.settle()
         counters.statuses[response.status_code] = counters.statuses.get(response.status_code, 0) + 1
         if response.status_code != 429:
             await self._limiter.admitted(started=now)

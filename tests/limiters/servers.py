@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -22,6 +23,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio
+import httpx
 
 KEY = "sk-limiter-test-7c1e"
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -163,16 +167,15 @@ def _serve(kind: str, command: list[str], folder: Path, port: int, log: Path) ->
 
 @contextlib.contextmanager
 def nginx(upstream: str, *, rate: int, burst: int | None, nodelay: bool = True) -> Iterator[Proxy]:
-    """nginx ``limit_req`` per API key (``rate`` r/s, ``burst``, ``nodelay``) before ``upstream``."""
+    """nginx ``limit_req`` per API key (``rate`` r/s, ``burst``, ``nodelay``) before upstream."""
     if NGINX is None:
         raise RuntimeError("nginx is not installed")
     with tempfile.TemporaryDirectory(prefix="clipnormals-nginx-") as tmp:
         folder = Path(tmp)
         port = free_port()
         clause = "" if burst is None else f" burst={burst}" + (" nodelay" if nodelay else "")
-        conf = _NGINX_CONF.format(
-            dir=folder, rate=rate, upstream=upstream.removeprefix("http://"), port=port, burst=clause
-        )
+        upstream = upstream.removeprefix("http://")
+        conf = _NGINX_CONF.format(dir=folder, rate=rate, upstream=upstream, port=port, burst=clause)
         (folder / "nginx.conf").write_text(conf)
         command = [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
         with _serve("nginx", command, folder, port, folder / "error.log") as proxy:
@@ -194,3 +197,31 @@ def haproxy(upstream: str, *, requests: int, per: int) -> Iterator[Proxy]:
         command = [HAPROXY, "-db", "-f", str(folder / "haproxy.cfg")]
         with _serve("haproxy", command, folder, port, folder / "stdout.log") as proxy:
             yield proxy
+
+
+class SlowToTheWire(httpx.AsyncHTTPTransport):
+    """httpx's own transport, with 0 to ``most`` seconds (uniform) between receiving a request
+    and sending it, as a connection or TLS set-up or a busy event loop would add."""
+
+    def __init__(self, most: float, *, seed: int = 0) -> None:
+        super().__init__()
+        self._most = most
+        self._rng = random.Random(seed)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(self._rng.uniform(0.0, self._most))
+        return await super().handle_async_request(request)
+
+
+class SlowToTheWireWrapped(httpx.AsyncBaseTransport):
+    """The same delay in a wrapper the client cannot see through: it takes its slots before
+    handing requests over (how every request was sent before slots were taken on the wire)."""
+
+    def __init__(self, most: float, *, seed: int = 0) -> None:
+        self._inner = SlowToTheWire(most, seed=seed)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
