@@ -47,8 +47,8 @@ wander more than one spacing. The lessons, in order:
    at least 3% and at most by half, and to the number of admitted starts in the trailing window
    when that is lower but at least a quarter of the quota (half while the client has been
    sending for less than a window): what a window counter held when it refused; and to the
-   rate at which the server admitted starts since the refusal before (from full to full again:
-   its rate, a token bucket's included).
+   rate at which the server admitted starts since the refusal before, or the end of the pause
+   that followed it (from full to full again: its rate, a token bucket's included).
 
 Four windows after a lesson, and then after each window without one, the limiter probes back
 up by one request (or one spacing of margin), never above the configured quota. A 429 during a
@@ -436,6 +436,7 @@ class LocalLimiter:
         start = self._find(started)
         if start is not None:
             start.status = _REFUSED
+        paused_until = self._cooldown_until
         await self.cooldown(pause)
         if start is None or not self.rate_limit.adaptive or started <= self._lesson_at:
             return  # unknown, or sent under settings already changed by an earlier lesson
@@ -443,9 +444,9 @@ class LocalLimiter:
             s.status == _ADMITTED and s.time > self._lesson_at for s in self._starts
         ):
             return  # nothing admitted since the last lesson: the server's state is unknown yet
-        self._learn(start, anyio.current_time())
+        self._learn(start, anyio.current_time(), paused_until)
 
-    def _learn(self, refused: _Start, now: float) -> None:
+    def _learn(self, refused: _Start, now: float, paused_until: float) -> None:
         cfg, cur = self.rate_limit, self._current
         t = refused.time
         earlier = [s for s in self._starts if s.time < t]
@@ -496,6 +497,8 @@ class LocalLimiter:
                 # admitted in between, over that time, is its rate (a token bucket's included).
                 refusals = [s.time for s in earlier if s.status == _REFUSED]
                 since = refusals[-1] if refusals else self._first_start or t
+                if since < paused_until < t:
+                    since = paused_until  # not sending while paused: that time says nothing
                 between = sum(1 for s in earlier if s.time > since and s.status == _ADMITTED)
                 if between >= _THICK and t - since >= _THICK * cur.spacing:
                     estimate = math.floor((between + 1) / (t - since) * cur.per)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 import clipnormals
+from clipnormals.emulator import Emulator, EmulatorConfig, Latency, ServerLimit
 
 from .fakeapi import KEY, FakeAPI, NginxBucket, lognormal, max_in_window, prepared
 
@@ -139,27 +140,67 @@ async def test_nginx_without_burst_teaches_strict_spacing() -> None:
     assert 429 not in again.statuses
 
 
+class _Recorder(httpx.AsyncBaseTransport):
+    """Arrival times and statuses of what passes through an in-process transport."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.arrivals: list[float] = []
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        arrived = anyio.current_time()
+        response = await self.inner.handle_async_request(request)
+        self.arrivals.append(arrived)
+        self.statuses.append(response.status_code)
+        return response
+
+
+def _half_quota_server(server: str, policy: str) -> _Recorder:
+    if server == "fakeapi":
+        api = FakeAPI(
+            policy=policy, credits=None, requests=30, per=6.0, latency=lognormal(0.3, 0.5)
+        )
+        return _Recorder(api.transport())
+    limit = ServerLimit(requests=30, per=6.0, policy=policy, burst=3, retry_after="seconds")  # type: ignore[arg-type]
+    emulator = Emulator(
+        EmulatorConfig(
+            keys={KEY: 10**6},
+            limit=limit,
+            latency=Latency.lognormal(0.3, 0.5),
+            synth="canned",
+            verify_images=False,
+            clock=anyio.current_time,
+            seed=1,
+        )
+    )
+    return _Recorder(emulator.transport())
+
+
+@pytest.mark.parametrize("server", ["fakeapi", "emulator"])
 @pytest.mark.parametrize("policy", ["fixed", "sliding", "token", "nginx"])
-async def test_a_quota_half_the_configured_one_is_learned(policy: str) -> None:
-    # The key allows 30 per 6 s; the client is told 60. After at most 5 429s the limiter has
-    # settled under the real quota and uses at least 90% of it from then on.
-    api = FakeAPI(policy=policy, credits=None, requests=30, per=6.0, latency=lognormal(0.3, 0.5))
+async def test_a_quota_half_the_configured_one_is_learned(server: str, policy: str) -> None:
+    # The key allows 30 per 6 s; the client is told 60. Within three windows the limiter has
+    # settled after at most five 429s, and from then on it uses at least 90% of the real quota.
+    recorder = _half_quota_server(server, policy)
     images = [prepared(seed=1)] * 400
-    async with _client(
-        api,
+    async with clipnormals.AsyncClient(
+        api_key=KEY,
+        base_url="http://127.0.0.1",
+        transport=recorder,
         rate_limit=clipnormals.RateLimit(requests=60, per=6.0),
         retry=clipnormals.RetryPolicy(attempts=20, initial=0.05, max_backoff=3.0),
     ) as client:
         results = [item async for item in client.map(images)]
         learned = client.stats.learned
     assert all(item.ok for item in results)
-    refused = [t for t, s in zip(api.arrivals, api.statuses, strict=True) if s == 429]
+    pairs = list(zip(recorder.arrivals, recorder.statuses, strict=True))
+    refused = [t for t, s in pairs if s == 429]
     assert refused
     assert len([t for t in refused if t < 18.0]) <= 5, refused
-    # settled within three windows: from then on at least 90% of the real quota, with at most
-    # two probes back up refused in the 10+ windows that follow
+    # at most two probes back up refused in the 10+ windows that follow
     assert len([t for t in refused if t >= 18.0]) <= 2, refused
-    ok = [t for t, s in zip(api.arrivals, api.statuses, strict=True) if s == 200 and t >= 18.0]
+    ok = [t for t, s in pairs if s == 200 and t >= 18.0]
     share = (len(ok) - 1) / (ok[-1] - ok[0]) * 6.0 / 30
     assert share >= 0.9, share
     assert learned is not None
