@@ -403,6 +403,7 @@ class _Runner:
             retries=p.retries,
             rate_limited=p.rate_limited,
             requests_per_minute=rpm,
+            learned_rate_limit=stats.learned,
             elapsed=p.elapsed,
             stopped=self.stopped,
             aborted=self.control.abort_requested,

@@ -200,6 +200,8 @@ class BatchSummary:
         credits_consumed: credits this run spent; ``credits_remaining``: the last balance seen.
         attempts, retries, rate_limited: HTTP requests, retries, and 429s received.
         requests_per_minute: the start rate achieved, when there were at least two requests.
+        learned_rate_limit: what the rate limiter learned from 429s it did not expect (see
+            ``ClientStats.learned``), to pass as ``--rate`` next time; ``None`` if nothing.
         elapsed: seconds the run took.
         stopped: why sending stopped early (:class:`StopReason`), or ``None``.
         aborted: the run was cancelled at once (a second Ctrl-C).
@@ -224,6 +226,7 @@ class BatchSummary:
     retries: int = 0
     rate_limited: int = 0
     requests_per_minute: float | None = None
+    learned_rate_limit: RateLimit | None = None
     elapsed: float = 0.0
     stopped: str | None = None
     aborted: bool = False

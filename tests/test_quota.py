@@ -233,3 +233,30 @@ async def test_probes_never_go_above_the_configured_quota() -> None:
         await limiter.admitted(started=await limiter.acquire())
         assert limiter.current.rate <= rl.rate
     assert limiter.current == rl
+
+
+class _NoHooks(httpx.AsyncHTTPTransport):
+    """Looks like httpx's own transport but answers without httpcore: no trace hook is called."""
+
+    def __init__(self, api: FakeAPI) -> None:
+        super().__init__()
+        self.api = api
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.api.handle(request)
+
+
+async def test_a_transport_that_skips_the_trace_hook_still_takes_slots(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client expects httpx's transport to call the hook that takes the slot on the wire.
+    # This one never does: after the first answer the client says so once and takes its slots
+    # before sending; every attempt is counted and every window stays under the quota.
+    api = FakeAPI(policy="sliding", credits=None, latency=lambda: 0.5)
+    async with _client(api, transport=_NoHooks(api)) as client:
+        results = [item async for item in client.map([prepared()] * 150)]
+    assert all(item.ok for item in results)
+    assert 429 not in api.statuses
+    assert max_in_window(api.arrivals, 60.0) <= 60
+    assert client.stats.attempts == 150
+    assert caplog.text.count("without calling httpcore's trace hook") == 1
