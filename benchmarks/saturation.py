@@ -23,7 +23,10 @@ window); its arrival log gives the rates; the clients' own counts are cross-chec
 Figures per client and policy:
 - ``quota``: successes per window, averaged over the whole windows from one window after the
   first success to the last success, as a fraction of the quota (what a long batch gets: the
-  start-up transient is left out, and bursty senders are measured over whole periods);
+  start-up transient is left out, and bursty senders are measured over whole periods); on a
+  240-image run that is three windows, so one success is 0.56 points;
+- ``rate``: successes per second between the first success and the last, over the quota's rate
+  (finer than ``quota`` for a steady sender, flattering for a bursty one);
 - ``batch``: images done per second over the whole run, time to the last result, as a fraction
   of the quota (on a short run a client that bursts at the start gains from a token bucket that
   starts full; the latency of the last request costs everyone a little);
@@ -106,7 +109,7 @@ COLORS = {
     "cookbook": "green",
     "sequential": "purple",
 }
-QUOTA_TARGET = 0.97
+QUOTA_TARGET = 0.98
 
 
 @dataclass(slots=True)
@@ -384,6 +387,9 @@ def summarise(run: Run, trace: Trace, n: int, requests: int, per: float) -> dict
         "done": len(run.done),
         "failed": run.failed,
         "quota_fraction": sustained_fraction(ok, requests, per),
+        "rate_fraction": (len(ok) - 1) / (ok[-1] - ok[0]) * per / requests
+        if len(ok) > 1
+        else math.nan,
         "batch_fraction": len(run.done) / last * per / requests if run.done else math.nan,
         "rate_limited": stats["rate_limited"],
         "rate_limited_after_first_window": sum(
@@ -623,14 +629,15 @@ def _share(value: float) -> str:
 def print_policy(policy: str, rows: dict[str, dict[str, Any]], requests: int) -> None:
     print(f"\n{policy}")
     print(
-        f"  {'client':18} {'images':>6} {'quota':>7} {'batch':>7} {'429s (late)':>11} {'wasted':>6}"
+        f"  {'client':18} {'images':>6} {'quota':>7} {'rate':>7} {'batch':>7} {'429s (late)':>11}"
+        f" {'wasted':>6}"
         f" {'credits':>7} {'max/win':>8} {'wall':>7} {'p50':>7} {'p99':>7} {'failed':>6}"
     )
     for name, r in rows.items():
         check = "" if r["cross_check_ok"] else "  (client counts differ from the server's)"
         print(
             f"  {name:18} {r['images']:>6} {_share(r['quota_fraction'])}"
-            f" {_share(r['batch_fraction'])}"
+            f" {_share(r['rate_fraction'])} {_share(r['batch_fraction'])}"
             f" {r['rate_limited']:>5} ({r['rate_limited_after_first_window']:>3})"
             f" {r['wasted_attempts']:>6} {r['credits_charged']:>7}"
             f" {r['max_in_window']:>4}/{requests:<3} {r['wall_s']:>6.1f}s {r['p50_s']:>6.2f}s"
@@ -646,10 +653,11 @@ def verdicts(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         if math.isnan(ours["quota_fraction"]):
             lines.append(f"{policy}: too few images for a whole window after the first: use -n")
             continue
-        target = ours["quota_fraction"] >= QUOTA_TARGET and ours["rate_limited"] == 0
+        target = ours["rate_fraction"] >= QUOTA_TARGET and ours["rate_limited"] == 0
         lines.append(
-            f"{policy}: clipnormals {ours['quota_fraction']:.1%} of the quota, "
-            f"{ours['rate_limited']} 429s: target {'met' if target else 'MISSED'}"
+            f"{policy}: clipnormals {ours['quota_fraction']:.1%} of the quota by whole windows,"
+            f" {ours['rate_fraction']:.1%} by rate, {ours['rate_limited']} 429s:"
+            f" target (>= {QUOTA_TARGET:.0%} by rate, no 429) {'met' if target else 'MISSED'}"
         )
         for name, r in rows.items():
             if name == "clipnormals":

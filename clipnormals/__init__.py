@@ -8,9 +8,9 @@ Example:
     ...         nm.normals  # float32 (H, W, 3) unit vectors, +X right, +Y up, +Z to the viewer
     ...         nm.mask  # bool (H, W), True on the person
 
-The client is asyncio-only (its rate limiter is built on aiolimiter); ``Client`` is the blocking
-facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in for the API and
-``clipnormals.testing`` has pytest fixtures built on it.
+The client is asyncio-only; ``Client`` is the blocking facade for scripts and notebooks.
+``clipnormals.emulator`` is a local stand-in for the API and ``clipnormals.testing`` has pytest
+fixtures built on it.
 """
 
 from ._batch import run_batch
