@@ -25,8 +25,9 @@ Figures per client and policy:
   first success to the last success, as a fraction of the quota (what a long batch gets: the
   start-up transient is left out, and bursty senders are measured over whole periods); on a
   240-image run that is three windows, so one success is 0.56 points;
-- ``rate``: successes per second between the first success and the last, over the quota's rate
-  (finer than ``quota`` for a steady sender, flattering for a bursty one);
+- ``rate``: successes per second between the second success and the last, over the quota's
+  rate (the first may be a credit probe sent alone; finer than ``quota`` for a steady sender,
+  flattering for a bursty one);
 - ``batch``: images done per second over the whole run, time to the last result, as a fraction
   of the quota (on a short run a client that bursts at the start gains from a token bucket that
   starts full; the latency of the last request costs everyone a little);
@@ -47,7 +48,7 @@ fresh quota for every run (the clients' retry backoffs scaled like their quotas)
 - the emulator with a real quota of 30 per 6 s under each policy, clients told ``60/6``.
 
 Behind a proxy the emulator sees only what the proxy let through; the 429s are the proxy's own
-(counted in its log). ``share`` is the successes per second between the first and the last
+(counted in its log). ``share`` is the successes per second between the second and the last
 success over the quota's rate (the real one for the halved quota); ``settled`` the same from
 three windows on (for the halved quota: after the limiter settled).
 
@@ -72,7 +73,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -387,8 +388,8 @@ def summarise(run: Run, trace: Trace, n: int, requests: int, per: float) -> dict
         "done": len(run.done),
         "failed": run.failed,
         "quota_fraction": sustained_fraction(ok, requests, per),
-        "rate_fraction": (len(ok) - 1) / (ok[-1] - ok[0]) * per / requests
-        if len(ok) > 1
+        "rate_fraction": (len(ok) - 2) / (ok[-1] - ok[1]) * per / requests
+        if len(ok) > 2
         else math.nan,
         "batch_fraction": len(run.done) / last * per / requests if run.done else math.nan,
         "rate_limited": stats["rate_limited"],
@@ -569,6 +570,7 @@ def summarise_case(case: Case, run: Run, trace: Trace, refused: int, n: int) -> 
     """Figures of one client against one case. The emulator behind a proxy sees only what the
     proxy let through; 429s come from the proxy's log (or the emulator's counters)."""
     ok = sorted(t - run.started for t, status in trace.arrivals if status == 200)
+    ok = ok[1:]  # the first may be a credit probe, sent alone
     quota_rate = (case.server_requests or case.requests) / case.per
     share = (len(ok) - 1) / (ok[-1] - ok[0]) / quota_rate if len(ok) > 1 else math.nan
     settled = [t for t in ok if t >= 3 * case.per] if case.kind == "emulator" else ok
@@ -791,6 +793,17 @@ def main(argv: list[str] | None = None) -> int:
         help="emulator: the four counting policies; real: nginx, HAProxy and a halved quota",
     )
     parser.add_argument("--real-n", type=int, default=250, help="images per real-limiter run")
+    parser.add_argument(
+        "--cases", nargs="+", default=None, help="real cases whose name contains one of these"
+    )
+    parser.add_argument(
+        "--clients", nargs="+", default=None, help="real-case clients to run (default: all)"
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="merge into the existing --output instead of replacing it (the rows run now win)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "saturation.json")
     parser.add_argument("--sequential-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -817,8 +830,19 @@ def main(argv: list[str] | None = None) -> int:
         print_policy(policy, results[policy], requests)
     real: dict[str, dict[str, dict[str, Any]]] = {}
     for case in CASES if "real" in args.sections else ():
+        if args.cases and not any(part in case.name for part in args.cases):
+            continue
+        if args.clients:
+            case = replace(case, clients=tuple(c for c in case.clients if c in args.clients))
         real[case.name] = run_case(case, args.real_n)
         print_case(case, real[case.name])
+    if args.update and args.output.exists():
+        earlier = json.loads(args.output.read_text())
+        for policy, rows in results.items():
+            earlier.setdefault("results", {}).setdefault(policy, {}).update(rows)
+        for name, rows in real.items():
+            earlier.setdefault("real", {}).setdefault(name, {}).update(rows)
+        results, real = earlier.get("results", {}), earlier.get("real", {})
     elapsed = time.monotonic() - started
     lines = verdicts(results) + real_verdicts(real)
     print(f"\n{elapsed:.0f} s in all\n")
@@ -841,6 +865,11 @@ def main(argv: list[str] | None = None) -> int:
         "real_images": args.real_n,
         "real": real,
     }
+    if args.update and "emulator" not in args.sections:
+        report["elapsed_s"] = None  # several runs merged
+        write_json(args.output, report)
+        print(f"\nupdated {shown(args.output)}")
+        return 0
     traces = {
         policy: {name: r.pop("arrivals") for name, r in rows.items()}
         for policy, rows in results.items()

@@ -365,11 +365,12 @@ class LocalLimiter:
         slot = max(self._tat - self._tolerance, now)
         blocked = self._earliest(ahead=self._outstanding)
         self._outstanding += 1
-        if blocked > slot + max(2.0 * self._spacing, self._current.per / 4):
-            # The start log holds this start back for far longer than late wake-ups explain
-            # (the quota was just lowered): the schedule moves on, so that the waiters it held
-            # back do not all start together when it lets go. Shorter holds (the start one
-            # window after a late one) stay with the waiter and leave the schedule alone.
+        # Within a window of a lowering, the start log still holds starts made at the old rate:
+        # the schedule follows it, so that the waiters it holds back do not start together
+        # when it lets go. Later, it only holds back the start one window after a late one,
+        # by less than a late wake-up: that start waits, and the schedule is left alone.
+        lowered = now - self._lowered_at < self._window
+        if blocked > slot + (0.0 if lowered else max(2.0 * self._spacing, self._current.per / 4)):
             slot = blocked
         self._last_reserved = (slot, self._tat)
         self._tat = max(self._tat, slot) + self._spacing
@@ -454,6 +455,10 @@ class LocalLimiter:
         nominal = cur.per / cur.requests  # the spacing of the quota as now believed
         if self._before_probe is not None and now - self._changed_at < cur.per:
             new = self._before_probe
+            # what the server held in its window when it refused, if fewer (a window counter)
+            held = sum(1 for s in earlier if s.time > t - cur.per and s.status != _REFUSED)
+            if new.requests / 2 <= held < new.requests:
+                new = replace(new, requests=held)
             self._probe_after = now + self._probe_hold * cur.per
             self._probe_hold *= 2
             why = "the probe back up was refused; back to the last settings that held"
