@@ -35,8 +35,9 @@ something: the server counts more strictly, allows less than configured, or sees
 wander more than one spacing. The lessons, in order:
 
 1. A refused start less than ``per / requests`` (of the quota as now believed) after the one
-   before it: the server counts like a leaky bucket without burst. Strict spacing from now on
-   (costs nothing in rate).
+   before it: the server counts like a leaky bucket without burst. Strict spacing from now on,
+   at least 3% wider than the server's (one spacing alone is only 0.2% wider at 600 a minute,
+   which arrival jitter would soon turn into the next lesson).
 2. A refused start when the admitted starts in the trailing window came within two of the
    window's limit, and almost every attempt since the last lesson was admitted: arrivals wander
    more than one spacing. The window margin widens: the window is stretched by two spacings,
@@ -463,12 +464,17 @@ class LocalLimiter:
             self._probe_hold *= 2
             why = "the probe back up was refused; back to the last settings that held"
         elif not cur.strict and gap < nominal:
-            # A burst > 1 becomes requests held back: the same rate, no two starts at once.
-            new = replace(cur, requests=cur.requests - cur.burst + 1, burst=1, strict=True)
+            # No two starts closer than one spacing; a burst > 1 becomes requests held back
+            # (the same rate). One spacing is only (burst + slack) / requests above the server's
+            # (0.2% at 600 a minute): arrival jitter would soon be the next lesson, so the
+            # spacing is also kept at least 3% above the server's.
+            requests = cur.requests - cur.burst + 1
+            requests = min(requests, math.floor(cur.requests * _MIN_STEP + 1 + cur.slack))
+            new = replace(cur, requests=max(requests, 2), burst=1, strict=True)
             why = (
                 f"a start {gap * 1000:.0f} ms after the previous one was refused (the quota "
                 f"allows one every {nominal * 1000:.0f} ms): the server counts like a leaky "
-                "bucket without burst; strict spacing from now on"
+                "bucket without burst; strict spacing from now on, 3% above the server's"
             )
         else:
             answered = [s for s in earlier if s.time > self._lesson_at and s.status != _PENDING]
