@@ -10,9 +10,9 @@ Example:
 
 The batch runner behind ``clipnormals batch`` is in :mod:`clipnormals.batch`.
 
-The client is asyncio-only (its rate limiter is built on aiolimiter); ``Client`` is the blocking
-facade for scripts (in a notebook, ``await`` the ``AsyncClient``). ``clipnormals.emulator`` is a
-local stand-in for the API and ``clipnormals.testing`` has pytest fixtures built on it.
+The client is asyncio-only; ``Client`` is the blocking facade for scripts (in a notebook,
+``await`` the ``AsyncClient``). ``clipnormals.emulator`` is a local stand-in for the API and
+``clipnormals.testing`` has pytest fixtures built on it.
 
 Names load on first use, so ``import clipnormals`` costs next to nothing until the client is
 touched. The library logs to the ``clipnormals`` logger, silent (a ``NullHandler``) unless the

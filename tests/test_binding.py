@@ -155,11 +155,20 @@ class _ClosingLimiter:
         self.closed = False
         self.inner = clipnormals.LocalLimiter(clipnormals.RateLimit())
 
-    async def acquire(self) -> None:
-        await self.inner.acquire()
+    async def acquire(self) -> float:
+        return await self.inner.acquire()
 
-    async def cooldown(self, seconds: float) -> None:
-        await self.inner.cooldown(seconds)
+    async def rate_limited(
+        self, *, started: float, pause: float, retry_after: float | None = None
+    ) -> None:
+        await self.inner.rate_limited(started=started, pause=pause, retry_after=retry_after)
+
+    async def admitted(self, *, started: float) -> None:
+        await self.inner.admitted(started=started)
+
+    @property
+    def learned(self) -> clipnormals.RateLimit | None:
+        return self.inner.learned
 
     async def aclose(self) -> None:
         self.closed = True

@@ -291,7 +291,8 @@ async def test_a_cooldown_frees_the_schedule_its_voided_slots_held(
 
 @pytest.mark.redis
 async def test_cooldown_is_never_shortened_and_is_capped(redis_url: str, name: str) -> None:
-    capped = RateLimit(requests=20, per=1.0, max_cooldown=0.2)
+    with pytest.warns(DeprecationWarning, match="max_retry_after"):
+        capped = RateLimit(requests=20, per=1.0, max_cooldown=0.2)
     async with (
         _limiters(redis_url, name, 2) as (a, b),
         _limiters(redis_url, f"{name}-capped", 1, capped) as (c,),

@@ -202,3 +202,12 @@ async def test_attempt_timeout_bounds_each_attempt_on_a_real_socket(trickling_se
             await client.surface_normals(prepared())
         assert time.monotonic() - started < 6.0
         assert client.credits.consumed == 2
+
+
+async def test_one_cap_bounds_the_pause_a_429_imposes() -> None:
+    # RetryPolicy.max_retry_after is the one cap, on 429s (a shared pause) as on other errors.
+    api = FakeAPI(script=[error(429, "later", **{"retry-after": "3600"})])
+    async with _client(api, retry=clipnormals.RetryPolicy(max_retry_after=7.0)) as client:
+        await client.surface_normals(prepared())
+    first, second = api.arrivals
+    assert 7.0 <= second - first < 7.5

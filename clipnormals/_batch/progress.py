@@ -176,6 +176,8 @@ class BatchSummary(BatchProgress):
     Attributes:
         failures: failed sources by error type; rejections: invalid ones by error type.
         requests_per_minute: the start rate achieved, when there were at least two requests.
+        learned_rate_limit: what the rate limiter learned from 429s it did not expect (see
+            ``ClientStats.learned``), to pass as ``--rate`` next time; ``None`` if nothing.
         stopped: why sending stopped early (:class:`StopReason`), or ``None``;
             stop_detail: the stopping error's detail (the host that could not be reached...).
         aborted: the run was cancelled at once (a second Ctrl-C).
@@ -189,6 +191,7 @@ class BatchSummary(BatchProgress):
     failures: Mapping[str, int] = field(default_factory=dict)
     rejections: Mapping[str, int] = field(default_factory=dict)
     requests_per_minute: float | None = None
+    learned_rate_limit: RateLimit | None = None
     stopped: StopReason | None = None
     stop_detail: str = ""
     aborted: bool = False

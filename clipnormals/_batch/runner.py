@@ -611,6 +611,7 @@ class _Runner:
             failures=dict(self.failures),
             rejections=dict(self.rejections),
             requests_per_minute=rpm,
+            learned_rate_limit=stats.learned,
             stopped=self.stopped,
             stop_detail=self.stop_detail,
             aborted=self.aborted,

@@ -194,6 +194,9 @@ def summary_lines(summary: BatchSummary) -> list[str]:
         f"requests {s.attempts:>5}  ({plural(s.retries, 'retry', 'retries')}), {rpm} achieved, "
         f"{s.rate_limited} x 429 received"
     )
+    if s.learned_rate_limit is not None:
+        spec = s.learned_rate_limit.spec
+        lines.append(f"learned  {spec!r} from 429s: pass --rate {spec!r} next time")
     lines.append(f"time     {format_duration(s.elapsed):>5}")
     if s.manifest is not None:
         lines.append(f"manifest {s.manifest}")

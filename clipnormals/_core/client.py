@@ -32,12 +32,13 @@ from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepar
 from .._normals.normalmap import NormalMap
 from .config import check_base_url, configure_logging_from_env, resolve_api_key, resolve_base_url
 from .credits import CreditLedger, CreditPolicy, parse_credit_header
+from .gate import StopSignal, calls_trace_hooks
 from .http import REQUEST_ID_HEADERS, EventHooks, build_http_client
 from .limiter import Limiter, LocalLimiter, RateLimit
 from .map import MapIterator, UploadPermit
 from .results import ClientStats
 from .retry import RetryPolicy
-from .session import SURFACE_NORMALS, Attempts, Endpoint, Session, StopSignal
+from .session import SURFACE_NORMALS, Attempts, Endpoint, Session
 from .validate import require_instance, require_int, require_seconds
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class AsyncClient:
             ledger=CreditLedger(credits or CreditPolicy()),
             max_concurrency=max_concurrency,
             retry=self.retry,
+            slot_on_wire=calls_trace_hooks(transport, http_client),
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
@@ -297,7 +299,8 @@ class AsyncClient:
     @property
     def stats(self) -> ClientStats:
         """A snapshot of the requests made so far (by this client and its views)."""
-        return self._session.counters.snapshot()
+        session = self._session
+        return session.counters.snapshot(learned=session.limiter.learned)
 
     @property
     def halted(self) -> bool:
@@ -551,7 +554,10 @@ def _check_options(
                 name, value, kind, f"a {kind.__module__.split('.')[0]}.{kind.__name__}"
             )
     if limiter is not None and not isinstance(limiter, Limiter):
-        raise TypeError("limiter must have async acquire() and cooldown(seconds) (a Limiter)")
+        raise TypeError(
+            "limiter must implement the Limiter protocol: async acquire(), rate_limited(), "
+            "admitted() and a learned property"
+        )
     if default_headers is not None:
         require_instance("default_headers", default_headers, Mapping, "a mapping of str to str")
         for name, value in default_headers.items():  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from .._errors import ClipnormalsError
 
 if TYPE_CHECKING:
     from .._normals.normalmap import NormalMap
+    from .limiter import RateLimit
 
 __all__ = ["ClientStats", "MapItem"]
 
@@ -64,7 +65,7 @@ class _Counters:
     last_attempt_at: float | None = None
     statuses: dict[int, int] = field(default_factory=dict)
 
-    def snapshot(self) -> ClientStats:
+    def snapshot(self, *, learned: RateLimit | None = None) -> ClientStats:
         return ClientStats(
             attempts=self.attempts,
             successes=self.successes,
@@ -76,6 +77,7 @@ class _Counters:
             first_attempt_at=self.first_attempt_at,
             last_attempt_at=self.last_attempt_at,
             statuses=dict(self.statuses),
+            learned=learned,
         )
 
 
@@ -93,6 +95,9 @@ class ClientStats:
         other_errors: 4xx responses other than 429, and unexpected responses.
         first_attempt_at, last_attempt_at: event-loop clock of the first and last start.
         statuses: response count per HTTP status.
+        learned: what the rate limiter learned from 429s it did not expect (stricter spacing, a
+            lower quota, a wider window margin), as a :class:`RateLimit` to pass as
+            ``rate_limit`` next time; ``None`` when it learned nothing or does not learn.
 
     Example:
         >>> ClientStats(attempts=0, successes=0).requests_per_minute is None
@@ -109,6 +114,7 @@ class ClientStats:
     first_attempt_at: float | None = None
     last_attempt_at: float | None = None
     statuses: dict[int, int] = field(default_factory=dict)
+    learned: RateLimit | None = None
 
     @property
     def requests_per_minute(self) -> float | None:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +34,12 @@ from .._errors import (
     InsufficientCreditsError,
     PermissionDeniedError,
     RateLimitError,
-    SendingStoppedError,
     ServerError,
     UnexpectedResponseError,
 )
 from .circuit import CircuitBreaker
 from .credits import CreditLedger, Reservation, parse_credit_header
+from .gate import StartGate, StopSignal
 from .http import (
     MAX_MAP_BYTES,
     AnswerTooLargeError,
@@ -115,55 +114,16 @@ class _Secret:
     __str__ = __repr__
 
 
-class StopSignal:
-    """Whether a client (or a view of it) may still start requests; see ``stop_sending``.
+class _AttemptState:
+    """What one attempt's start decided, shared by the gate's callback and the exchange."""
 
-    A view's signal has the signal of the client it came from as its parent: stopping the
-    client stops its views, stopping a view stops only that view. Waits for credits, a slot and
-    the quota run in cancel scopes registered here, so a stop wakes every waiter at once.
-    """
+    __slots__ = ("deadline", "probe", "scope", "waiting_since")
 
-    __slots__ = ("_parent", "_stopped", "_waiting")
-
-    def __init__(self, parent: StopSignal | None = None) -> None:
-        self._parent = parent
-        self._stopped = False
-        self._waiting: set[anyio.CancelScope] = set()
-
-    @property
-    def stopped(self) -> bool:
-        """True once this client or one it came from stopped sending."""
-        return self._stopped or (self._parent is not None and self._parent.stopped)
-
-    def stop(self) -> None:
-        """Start no request any more; wake every request waiting to start."""
-        self._stopped = True
-        for scope in list(self._waiting):
-            scope.cancel()
-
-    def check(self) -> None:
-        """Raise :class:`SendingStoppedError` once stopped."""
-        if self.stopped:
-            raise SendingStoppedError("not sent: the client stopped sending before it started")
-
-    @contextmanager
-    def interruptible(self) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that a stop (of this signal or an ancestor) cancels."""
-        signals: list[StopSignal] = []
-        signal: StopSignal | None = self
-        while signal is not None:
-            signals.append(signal)
-            signal = signal._parent
-        with anyio.CancelScope() as scope:
-            for s in signals:
-                s._waiting.add(scope)
-            try:
-                if self.stopped:
-                    scope.cancel()
-                yield scope
-            finally:
-                for s in signals:
-                    s._waiting.discard(scope)
+    def __init__(self, *, waiting_since: float) -> None:
+        self.waiting_since = waiting_since
+        self.deadline = math.inf
+        self.probe = False
+        self.scope: anyio.CancelScope | None = None
 
 
 class Session:
@@ -185,6 +145,7 @@ class Session:
         "pid",
         "prep_slots",
         "rate_limit_streak",
+        "slot_on_wire",
         "slots",
         "telemetry",
     )
@@ -200,6 +161,7 @@ class Session:
         ledger: CreditLedger,
         max_concurrency: int,
         retry: RetryPolicy,
+        slot_on_wire: bool = False,
         tracer_provider: Any = None,
         meter_provider: Any = None,
     ) -> None:
@@ -208,6 +170,7 @@ class Session:
         self.http = http
         self.owns_http = owns_http
         self.limiter = limiter
+        self.slot_on_wire = slot_on_wire  # see gate.py
         self.ledger = ledger
         self.slots = anyio.Semaphore(max_concurrency)
         self.prep_slots = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
@@ -324,68 +287,79 @@ class Session:
         stop: StopSignal,
         last_error: BaseException | None,
     ) -> tuple[bytes, httpx.Headers]:
-        """One attempt: a credit reservation, a slot, a token, then the exchange.
+        """One attempt: a credit reservation, a concurrency slot, the limiter's slot (on the
+        wire when the transport allows: see ``gate``), then the exchange.
 
-        The three waits run in a scope a stop cancels: a stopped client starts nothing, and its
+        Every wait runs in a scope a stop cancels: a stopped client starts nothing, and its
         waiters give back what they hold.
         """
         async with contextlib.AsyncExitStack() as held:
             with stop.interruptible():
                 reservation = await held.enter_async_context(self.ledger.reserve())
                 await held.enter_async_context(self.slots)
-                self.ledger.check_halted()
-                self.circuit.check()
-                started_waiting = anyio.current_time()
-                await self.limiter.acquire()
             # A stop's cancellation ends in that scope; a cancellation from outside goes on.
             stop.check()
             self.ledger.check_halted()
-            now = anyio.current_time()
-            first = attempts.first_started if attempts.first_started is not None else now
-            deadline = retry.attempt_deadline(first, now)
-            if deadline <= 0 and last_error is not None:
-                # ``total`` ran out while this retry waited for the quota: it is not made.
-                raise last_error
-            attempts.first_started = first
-            probe = self.circuit.before_request()
-            counters = self.counters
-            self.telemetry.attempt(span, retry=attempts.count > 0, waited=now - started_waiting)
-            if attempts.count:
-                counters.retries += 1
-            attempts.count += 1
-            counters.attempts += 1
-            if counters.first_attempt_at is None:
-                counters.first_attempt_at = now
-            counters.last_attempt_at = now
+            self.circuit.check()
+            state = _AttemptState(waiting_since=anyio.current_time())
+
+            def on_start(started: float) -> None:
+                # The limiter's slot is taken: this attempt starts now, unless it may not.
+                self.ledger.check_halted()
+                first = attempts.first_started if attempts.first_started is not None else started
+                deadline = retry.attempt_deadline(first, started)
+                if deadline <= 0 and last_error is not None:
+                    # ``total`` ran out while this retry waited for the quota: it is not made.
+                    raise last_error
+                state.probe = self.circuit.before_request()
+                attempts.first_started = first
+                state.deadline = deadline
+                if state.scope is not None:
+                    state.scope.deadline = started + deadline
+                self.telemetry.attempt(
+                    span, retry=attempts.count > 0, waited=started - state.waiting_since
+                )
+                counters = self.counters
+                if attempts.count:
+                    counters.retries += 1
+                attempts.count += 1
+                counters.attempts += 1
+                if counters.first_attempt_at is None:
+                    counters.first_attempt_at = started
+                counters.last_attempt_at = started
+
+            gate = StartGate(self.limiter, on_start, on_wire=self.slot_on_wire, stop=stop)
+            if not gate.extensions:  # not on the wire: the slot is taken before sending
+                await gate.open()
             try:
                 status, headers, body = await self._exchange(
-                    endpoint, prepared, reservation, deadline, http_timeout, span
+                    endpoint, prepared, reservation, state, gate, http_timeout, span
                 )
             finally:
-                if probe:
+                if state.probe:
                     self.circuit.probe_done()
-        span.answered(
-            status,
-            parse_credit_header(headers, "x-credits-consumed"),
-            parse_credit_header(headers, "x-remaining-credits"),
-        )
+        started = gate.started if gate.started is not None else state.waiting_since
+        span.answered(status, parse_credit_header(headers, "x-remaining-credits"))
         logger.debug(
             "%s: %s %s -> %d in %.3fs (attempt %d)",
             prepared.source_name or "image",
             "POST",
             endpoint.path,
             status,
-            anyio.current_time() - now,
+            anyio.current_time() - started,
             attempts.count,
         )
+        counters = self.counters
         counters.statuses[status] = counters.statuses.get(status, 0) + 1
+        if status != 429:
+            await self.limiter.admitted(started=started)
         if status == 200:
             self._check_image(headers, body)
             self.circuit.succeeded()
             counters.successes += 1
             self.rate_limit_streak = 0
             return body, headers
-        await self._handle_error(status, headers, body, retry, endpoint)
+        await self._handle_error(status, headers, body, retry, endpoint, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange(
@@ -393,12 +367,14 @@ class Session:
         endpoint: Endpoint,
         prepared: PreparedImage,
         reservation: Reservation,
-        deadline: float,
+        state: _AttemptState,
+        gate: StartGate,
         http_timeout: httpx.Timeout | None,
         span: ImageSpan,
     ) -> tuple[int, httpx.Headers, bytes]:
         """Send the request; settle the reservation from the answer's headers, then read the
-        body, all within ``deadline`` seconds.
+        body, all before the attempt's deadline (counted from its start: the wait for the
+        limiter's slot on the wire is not part of it).
 
         Errors are raised outside the ``except`` blocks that catch httpx's: an httpx exception
         holds the request, whose headers hold the key, and must not become the ``__context__``
@@ -410,17 +386,24 @@ class Session:
             files={endpoint.field: (prepared.filename, prepared.data, prepared.content_type)},
             headers={"x-api-key": self.key.reveal(), "accept": endpoint.accept},
             timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            extensions=gate.extensions,
         )
         failure: APIConnectionError | UnexpectedResponseError
         maybe_charged = True  # did the whole request possibly reach the server?
         answered = False
+        scope = state.scope = anyio.CancelScope(
+            deadline=math.inf if gate.started is None else gate.started + state.deadline
+        )
         try:
-            with anyio.fail_after(deadline):
+            with scope:
                 # Never a redirect, even through an http_client that follows them: httpx would
                 # carry the key header to wherever the server points.
                 response = await self.http.send(request, stream=True, follow_redirects=False)
                 try:
                     answered = True
+                    _started, hooked = await gate.settle()
+                    if not hooked:
+                        self.slot_on_wire = False
                     self.circuit.connected()
                     spent = reservation.answered(response.status_code, response.headers)
                     span.charged(spent)
@@ -432,9 +415,9 @@ class Session:
                 finally:
                     await response.aclose()
                 return response.status_code, response.headers, body
-        except TimeoutError:
+            # Only the attempt's own deadline ends up here (its scope caught the cancellation).
             failure = APITimeoutError(
-                f"no complete answer from {self.circuit.host} within {deadline:.1f}s "
+                f"no complete answer from {self.circuit.host} within {state.deadline:.1f}s "
                 "(the attempt's deadline)"
             )
             if self.circuit.answer_failed(failure.message):
@@ -460,12 +443,14 @@ class Session:
             )
         except httpx.RequestError as exc:
             # Anything else httpx raises while reading (a body its content-encoding cannot
-            # decode, say), and an answer larger than any normal map: not chained either.
+            # decode, say): not chained either.
             failure = translate(exc, self.key.reveal())
         except BaseException:
-            if not answered:
+            if not answered and gate.started is not None:
                 reservation.unanswered()  # cancelled while waiting: it may have been charged
             raise
+        if not answered and gate.started is None:
+            maybe_charged = False  # the headers never left: nothing reached the server
         if maybe_charged and not answered:
             reservation.unanswered()
         if not answered:
@@ -501,6 +486,7 @@ class Session:
         body: bytes,
         retry: RetryPolicy,
         endpoint: Endpoint,
+        started: float,
     ) -> None:
         url = str(_endpoint_url(self.base_url, endpoint.path).copy_with(query=None))
         error = APIStatusError.from_parts(status, headers, body, secret=self.key.reveal(), url=url)
@@ -509,7 +495,9 @@ class Session:
             self.rate_limit_streak += 1
             pause = retry.rate_limit_pause(self.rate_limit_streak, error.retry_after)
             logger.info("429 from the server: every sender pauses %.2fs", pause)
-            await self.limiter.cooldown(pause)
+            await self.limiter.rate_limited(
+                started=started, pause=pause, retry_after=error.retry_after
+            )
         elif isinstance(error, ServerError):
             self.counters.server_errors += 1
             self.circuit.answer_failed(error.message)

@@ -61,7 +61,7 @@ class ImageSpan:
         if self._span is not None and credits:
             self._span.set_attribute("clipnormals.credits.consumed", self.consumed)
 
-    def answered(self, status: int, consumed: int | None, remaining: int | None) -> None:
+    def answered(self, status: int, remaining: int | None) -> None:
         """An answer arrived (any status)."""
         if self._span is None:
             return

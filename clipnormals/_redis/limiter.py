@@ -6,7 +6,11 @@ The guarantee is :class:`~clipnormals.LocalLimiter`'s, across every process that
 with emission interval ``T = 1 / rate`` and tolerance ``tau = (capacity - 1) * T``: a start at
 ``t`` conforms when ``t >= TAT - tau``, and moves ``TAT`` to ``max(TAT, t) + T``. That is the
 bucket of capacity ``burst + slack`` refilled at ``rate`` that LocalLimiter runs, with times
-rounded to whole microseconds in the safe direction (``T`` up, ``tau`` down).
+rounded to whole microseconds in the safe direction (``T`` up, ``tau`` down). With
+``strict=True`` the tolerance is 0: slots are a whole spacing apart, though a start may still come
+up to half a spacing after its slot (see below), so two starts may be closer than a spacing. This
+limiter does not learn from 429s: it pauses every process on one and leaves the lessons to
+:class:`~clipnormals.LocalLimiter`.
 
 Every decision runs inside one Lua script (EVALSHA, atomic on the server) and reads the Redis
 server's clock (``TIME``), so client clocks, which may disagree by seconds across machines, never
@@ -237,7 +241,8 @@ class RedisLimiter:
         self._keys = tuple(f"clipnormals:{{{name}}}:{k}" for k in ("tat", "cooldown", "returned"))
         # Rounded in the safe direction: spacing up, tolerance down.
         self._emission = math.ceil(_US / rate_limit.rate)
-        self._tolerance = math.floor((rate_limit.capacity - 1) * _US / rate_limit.rate)
+        capacity = 1.0 if rate_limit.strict else rate_limit.capacity
+        self._tolerance = math.floor((capacity - 1) * _US / rate_limit.rate)
         self._horizon = max(math.ceil(rate_limit.per * _US), _HORIZON_MIN_SPACINGS * self._emission)
         self._allowance = self._emission // 2
 
@@ -277,8 +282,9 @@ class RedisLimiter:
             return
         await self._redis.aclose()
 
-    async def acquire(self) -> None:
-        """Wait until one request may start: for the cooldown, then for a slot on the schedule.
+    async def acquire(self) -> float:
+        """Wait until one request may start: for the cooldown, then for a slot on the schedule;
+        return the start time (``anyio.current_time()``).
 
         Cancelling it gives the reserved slot back (see the module docstring).
         """
@@ -293,23 +299,46 @@ class RedisLimiter:
             try:
                 if wait <= 0:
                     await anyio.lowlevel.checkpoint_if_cancelled()
-                    return
+                    return anyio.current_time()
                 await anyio.sleep(wait / _US)
                 if await self._claim(slot, seen):
-                    return
+                    return anyio.current_time()
             except BaseException:
                 await self._give_back(slot, tat_after, seen)
                 raise
 
     async def cooldown(self, seconds: float) -> None:
-        """Pause every sender sharing the quota for ``seconds`` (capped at ``max_cooldown``).
+        """Pause every sender sharing the quota for ``seconds`` (the client has capped them at
+        ``RetryPolicy.max_retry_after``; the deprecated ``RateLimit.max_cooldown`` applies too
+        when set).
 
         A longer pause already under way is kept: a cooldown is never shortened.
         """
         if math.isnan(seconds):
             raise ValueError("cooldown seconds must be a number")
-        seconds = min(max(seconds, 0.0), self.rate_limit.max_cooldown)
+        seconds = max(seconds, 0.0)
+        if self.rate_limit.max_cooldown is not None:
+            seconds = min(seconds, self.rate_limit.max_cooldown)
         await self._run("cooldown", math.ceil(seconds * _US))
+
+    async def rate_limited(
+        self, *, started: float, pause: float, retry_after: float | None = None
+    ) -> None:
+        """The server answered 429: pause every sender sharing the quota for ``pause`` seconds.
+
+        This limiter does not learn from 429s (the lessons of :class:`~clipnormals.LocalLimiter`
+        are not shared through Redis): give every process the settings a lesson taught, e.g.
+        ``RateLimit(..., strict=True)`` or a lower ``requests``.
+        """
+        await self.cooldown(pause)
+
+    async def admitted(self, *, started: float) -> None:
+        """Nothing to do: this limiter does not learn."""
+
+    @property
+    def learned(self) -> RateLimit | None:
+        """Always ``None``: this limiter does not learn from 429s."""
+        return None
 
     async def cooldown_remaining(self) -> float:
         """Seconds left in the shared cooldown (0 when none), by the server's clock."""

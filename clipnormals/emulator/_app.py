@@ -65,6 +65,7 @@ _MAX_FILE_PARTS = 8
 _MAX_TEXT_FIELDS = 32
 _MAX_TEXT_FIELD_BYTES = 64 * 1024
 _THREAD_THRESHOLD = 256 * 1024  # decode smaller uploads inline: a thread hop costs more
+_INLINE_MAP_PIXELS = 128 * 128  # and build smaller maps inline
 _DISCONNECT_WAIT = 5.0
 
 
@@ -290,6 +291,8 @@ class _Endpoint:
         if found is not None:
             return found
         build = partial(synthetic_jpeg, width, height, quality=quality, placement=placement)
+        if width * height <= _INLINE_MAP_PIXELS:
+            return build()  # a few milliseconds at most: a thread hop costs more
         return await anyio.to_thread.run_sync(build)
 
     async def _reset(self, scope: Scope, receive: Receive) -> None:

@@ -128,3 +128,11 @@ def test_summary_mentions_resume_when_something_is_left() -> None:
     assert "credits      1  consumed, 0 left" in text
     assert "manifest out/manifest.jsonl" in text
     assert lines[-1] == "top up the account, then run the same command again to send the rest"
+
+
+def test_summary_says_what_the_limiter_learned() -> None:
+    learned = RateLimit(requests=570, per=60.0, strict=True)
+    text = "\n".join(summary_lines(BatchSummary(total=1, done=1, learned_rate_limit=learned)))
+    assert "pass --rate '570/60 strict' next time" in text
+    assert RateLimit.parse("570/60 strict") == learned
+    assert "learned" not in "\n".join(summary_lines(BatchSummary(total=1, done=1)))
