@@ -16,7 +16,7 @@ facade for scripts and notebooks. ``clipnormals.emulator`` is a local stand-in f
 """
 
 from ._core.client import AsyncClient
-from ._core.credits import CreditLedger, CreditPolicy
+from ._core.credits import CreditHold, CreditLedger, CreditPolicy, Ledger
 from ._core.limiter import Limiter, LocalLimiter, RateLimit
 from ._core.map import MapIterator
 from ._core.results import ClientStats, MapItem
@@ -62,12 +62,14 @@ __all__ = [
     "ClientStats",
     "ClipnormalsError",
     "CreditBudgetError",
+    "CreditHold",
     "CreditLedger",
     "CreditPolicy",
     "DirectionalLight",
     "ImageSource",
     "InsufficientCreditsError",
     "InvalidImageError",
+    "Ledger",
     "Limiter",
     "LocalLimiter",
     "MapItem",

@@ -40,7 +40,7 @@ from .._normals.normalmap import NormalMap
 from .._version import __version__
 from .circuit import CircuitBreaker
 from .config import check_base_url, resolve_api_key, resolve_base_url
-from .credits import CreditLedger, CreditPolicy, Reservation, parse_credit_header
+from .credits import CreditHold, CreditLedger, CreditPolicy, Ledger, parse_credit_header
 from .limiter import Limiter, LocalLimiter, RateLimit
 from .map import MapIterator
 from .results import ClientStats, _Counters
@@ -114,6 +114,9 @@ class AsyncClient:
         timeout: seconds for each attempt's connect, write, read (a float or an httpx.Timeout).
         transport: an httpx async transport (``httpx.MockTransport``, ``httpx.ASGITransport``, ...).
         limiter: a custom :class:`Limiter` (e.g. one shared through Redis); default: in-process.
+        ledger: a custom :class:`Ledger` (e.g. ``clipnormals.redis.RedisLedger``, one credit
+            balance and budget for many processes); default: a :class:`CreditLedger` with
+            ``credits``. It carries its own policy: passing ``credits`` too is a ValueError.
         prepare: image preparation options (``PrepareOptions(strict=True)`` never downscales).
         flip_x, flip_y: negate the decoded X / Y components of every normal map.
 
@@ -136,19 +139,24 @@ class AsyncClient:
         timeout: float | httpx.Timeout = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
+        ledger: Ledger | None = None,
         prepare: PrepareOptions | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if ledger is not None and credits is not None:
+            raise ValueError("pass credits= or ledger=, not both: a ledger has its own policy")
         self._key = _Secret(resolve_api_key(api_key))
         self._base_url = check_base_url(resolve_base_url(base_url))
         self.rate_limit = rate_limit or RateLimit()
         self.retry = retry or RetryPolicy()
         self.max_concurrency = max_concurrency
         self._limiter: Limiter = limiter or LocalLimiter(self.rate_limit)
-        self._ledger = CreditLedger(credits or CreditPolicy())
+        self._ledger: Ledger = (
+            ledger if ledger is not None else CreditLedger(credits or CreditPolicy())
+        )
         self._prepare = prepare or PrepareOptions()
         self._flip = (flip_x, flip_y)
         self._slots = anyio.Semaphore(max_concurrency)
@@ -210,8 +218,8 @@ class AsyncClient:
         await self._http.aclose()
 
     @property
-    def credits(self) -> CreditLedger:
-        """The live credit ledger: ``remaining``, ``consumed``, ``reserved``."""
+    def credits(self) -> Ledger:
+        """The live credit ledger: ``remaining``, ``consumed``, ``reserved``, ``uncertain``."""
         return self._ledger
 
     @property
@@ -455,7 +463,7 @@ class AsyncClient:
         self,
         endpoint: Endpoint,
         prepared: PreparedImage,
-        reservation: Reservation,
+        reservation: CreditHold,
         deadline: float,
     ) -> tuple[int, httpx.Headers, bytes]:
         """Send the request; settle the reservation from the answer's headers, then read the

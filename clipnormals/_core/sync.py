@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -20,7 +21,7 @@ from .._errors import ClientClosedError
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions
 from .._normals.normalmap import NormalMap
 from .client import AsyncClient
-from .credits import CreditLedger, CreditPolicy
+from .credits import CreditPolicy, Ledger
 from .limiter import Limiter, RateLimit
 from .map import MapIterator
 from .results import ClientStats, MapItem
@@ -40,8 +41,10 @@ class Client:
     kernel already runs an event loop: use ``AsyncClient`` with top-level ``await`` there, so
     the kernel's other tasks keep running while the client works.
 
-    A :class:`Limiter` given here belongs to this client, since its connections live on the
-    client's loop: :meth:`close` closes it (it must not be shared with another client).
+    A :class:`Limiter` or :class:`Ledger` given here belongs to this client, since its
+    connections live on the client's loop: a ledger that is an async context manager (a
+    ``RedisLedger``) is entered in that loop when the client is built, and :meth:`close` closes
+    both (neither may be shared with another client).
 
     Example:
         >>> with Client() as client:  # key from CLIPDROP_API_KEY
@@ -63,6 +66,7 @@ class Client:
         timeout: float | httpx.Timeout = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
+        ledger: Ledger | None = None,
         prepare: PrepareOptions | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
@@ -70,6 +74,8 @@ class Client:
         self._closed = True  # until fully built: repr and close work on a half-built client
         self._pid = os.getpid()
         self._limiter = limiter
+        self._ledger = ledger
+        self._ledger_cm: contextlib.AbstractContextManager[Any] | None = None
         options: dict[str, Any] = {
             "api_key": api_key,
             "base_url": base_url,
@@ -80,6 +86,7 @@ class Client:
             "timeout": timeout,
             "transport": transport,
             "limiter": limiter,
+            "ledger": ledger,
             "prepare": prepare,
             "flip_x": flip_x,
             "flip_y": flip_y,
@@ -88,8 +95,18 @@ class Client:
         self._portal: BlockingPortal = self._portal_cm.__enter__()
         try:
             self._async: AsyncClient = self._portal.call(_make_client, options)
+            if isinstance(ledger, AbstractAsyncContextManager):
+                # Entered and later exited by one task of the portal: a ledger that keeps its
+                # leases alive in a task group of its own needs exactly that.
+                cm = self._portal.wrap_async_context_manager(ledger)
+                cm.__enter__()
+                self._ledger_cm = cm
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            try:
+                with contextlib.suppress(Exception):  # the error that stopped the build wins
+                    self._portal.call(self._aclose)
+            finally:
+                self._portal_cm.__exit__(None, None, None)
             raise
         self._closed = False
 
@@ -112,7 +129,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the client (and the limiter given to it) and stop its event-loop thread.
+        """Close the client (and the limiter and ledger given to it); stop its event-loop thread.
 
         Idempotent; in a forked child it only marks the client closed.
         """
@@ -122,17 +139,27 @@ class Client:
         if self._pid != os.getpid():
             return  # the loop thread is in the parent; nothing here to stop
         try:
-            self._portal.call(self._aclose)
+            try:
+                self._portal.call(self._aclose)
+            finally:
+                if self._ledger_cm is not None:
+                    self._ledger_cm.__exit__(None, None, None)
         finally:
             self._portal_cm.__exit__(None, None, None)
 
     async def _aclose(self) -> None:
         try:
-            await self._async.aclose()
+            inner = getattr(self, "_async", None)
+            if inner is not None:
+                await inner.aclose()
         finally:
-            closer = getattr(self._limiter, "aclose", None)
-            if closer is not None:
-                await closer()
+            owned: list[object] = [self._limiter]
+            if self._ledger_cm is None:  # a ledger entered above is closed by leaving it
+                owned.append(self._ledger)
+            for resource in owned:
+                closer = getattr(resource, "aclose", None)
+                if closer is not None:
+                    await closer()
 
     def _check(self) -> None:
         if self._pid != os.getpid():
@@ -145,7 +172,7 @@ class Client:
             raise ClientClosedError("the client is closed")
 
     @property
-    def credits(self) -> CreditLedger:
+    def credits(self) -> Ledger:
         """The live credit ledger (see :attr:`AsyncClient.credits`)."""
         return self._async.credits
 

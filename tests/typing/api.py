@@ -34,7 +34,7 @@ async def typed_usage(paths: list[str]) -> None:
                 error: clipnormals.ClipnormalsError | None = item.error
                 del error
             del source
-        ledger: clipnormals.CreditLedger = client.credits
+        ledger: clipnormals.Ledger = client.credits
         left: int | None = ledger.remaining
         stats: clipnormals.ClientStats = client.stats
         rpm: float | None = stats.requests_per_minute
