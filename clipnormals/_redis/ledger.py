@@ -46,7 +46,7 @@ any stall of a live process's event loop; a shorter one is still safe, only less
 ``clipnormals.redis.RedisClaims`` uses the same leases (the same sorted set) for its claims.
 
 A process that waits (the probe is out, or every credit is reserved) polls the script, starting
-at 10 ms and backing off to 250 ms; settlements made in the same process wake it at once.
+at 10 ms and backing off to 100 ms; settlements made in the same process wake it at once.
 
 Keys, under ``clipnormals:{name}:``: ``credits:state`` (a hash of the counters),
 ``credits:held`` (credits held per owner), ``credits:expired`` (credits of lapsed owners still
@@ -83,7 +83,7 @@ logger = logging.getLogger("clipnormals")
 
 _US: Final = 1_000_000
 _POLL_FIRST: Final = 0.01
-_POLL_MAX: Final = 0.25
+_POLL_MAX: Final = 0.1
 
 # Reply codes, shared with the Lua text below.
 _GRANTED, _WAIT, _REFUSED, _HALTED, _LOST, _OK = 0, 1, 2, 3, 4, 5
