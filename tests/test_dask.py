@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import signal
 import threading
 import time
@@ -219,6 +220,15 @@ def test_the_recipe_runs_as_documented(tmp_path: Path) -> None:
 
     proc = run_recipe("dask_batch.py", "--emulator", "out", cwd=tmp_path)
     lines = proc.stdout.strip().splitlines()
-    assert lines[-2] == "40 images: 35 done (25 distinct maps), 5 not sent for credits, 0 failed"
+    # 30 distinct portraits and 10 copies, 25 credits: which 25 are done depends on the order
+    # the workers take them in; a copy is done when its original is
+    found = re.fullmatch(
+        r"40 images: (\d+) done \(25 distinct maps\), (\d+) not sent for credits, 0 failed",
+        lines[-2],
+    )
+    assert found is not None, lines
+    done, not_sent = int(found[1]), int(found[2])
+    assert 25 <= done <= 35
+    assert done + not_sent == 40
     assert lines[-1].startswith("server: 25 credits charged, 0 429s, 0 402s, at most ")
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 25
