@@ -14,12 +14,12 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -29,6 +29,7 @@ import redis.asyncio
 import clipnormals
 from clipnormals import CreditPolicy
 from clipnormals._core.credits import Ledger
+from clipnormals._redis.connection import RedisConnection
 from clipnormals.emulator import Emulator, EmulatorConfig, Faults
 from clipnormals.redis import RedisLedger
 
@@ -36,7 +37,7 @@ from .fakeapi import KEY, FakeAPI, error, prepared
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-LEASE = 1.0
+LEASE = 2.0
 FAST = clipnormals.RateLimit(requests=6000, per=60.0)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,27 +308,28 @@ HOLDER = textwrap.dedent(
 )
 
 
-@contextlib.contextmanager
-def _holder(url: str, name: str, count: int, budget: int | None) -> Iterator[tuple[int, str]]:
-    """A child process holding ``count`` reservations; yields its pid and owner id."""
+@contextlib.asynccontextmanager
+async def _holder(
+    url: str, name: str, count: int, budget: int | None
+) -> AsyncIterator[tuple[int, str]]:
+    """A child process holding ``count`` reservations; yields its pid and owner id. Nothing
+    here blocks the event loop: a blocked loop would stall this process's own lease."""
     cap = -1 if budget is None else budget
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, url, name, str(count), str(cap), str(LEASE)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
+    command = [sys.executable, "-c", HOLDER, url, name, str(count), str(cap), str(LEASE)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with await anyio.open_process(command, env=env, stderr=None) as proc:
         assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        assert line[:1] == ["held"], line
-        yield proc.pid, line[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        line = b""
+        with anyio.fail_after(60):
+            while not line.endswith(b"\n"):
+                line += await proc.stdout.receive(1)
+        words = line.decode().split()
+        assert words[:1] == ["held"], words
+        try:
+            yield proc.pid, words[1]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # killed by the test already
+                proc.kill()
 
 
 async def test_a_killed_process_blocks_the_budget_only_for_its_lease(
@@ -340,7 +342,7 @@ async def test_a_killed_process_blocks_the_budget_only_for_its_lease(
         _client(api, ledger, max_concurrency=2) as client,
     ):
         await client.surface_normals(prepared())  # the probe: the balance is known
-        with _holder(redis_url, name, 4, 6) as (pid, owner):
+        async with _holder(redis_url, name, 4, 6) as (pid, owner):
             items: list[clipnormals.MapItem[clipnormals.PreparedImage]] = []
             finished = anyio.Event()
             killed_at = 0.0
@@ -372,7 +374,8 @@ async def test_a_killed_process_blocks_the_budget_only_for_its_lease(
     state = await _state(redis_url, name)
     assert (state["reserved"], state["uncertain"], state["consumed"]) == (0, 4, 2)
     assert await _hash(redis_url, f"clipnormals:{{{name}}}:credits:held") == {}
-    assert (await _hash(redis_url, f"clipnormals:{{{name}}}:credits:expired"))[owner] == 4
+    expired = await _hash(redis_url, f"clipnormals:{{{name}}}:credits:expired")
+    assert sum(n for hold, n in expired.items() if hold.startswith(f"{owner}/")) == 4
     assert api.charged == 2
 
 
@@ -383,7 +386,7 @@ async def test_a_killed_process_credits_come_back_on_the_balance(redis_url: str,
         _client(api, ledger, max_concurrency=1) as client,
     ):
         await client.surface_normals(prepared())  # balance known: 29
-        with _holder(redis_url, name, 4, None) as (pid, owner):
+        async with _holder(redis_url, name, 4, None) as (pid, owner):
             with anyio.fail_after(60):
                 first = [i async for i in client.map([prepared(j) for j in range(10)])]
                 await anyio.sleep(2 * LEASE)
@@ -423,6 +426,49 @@ async def test_a_lapsed_lease_is_final_and_a_late_settlement_is_applied(
         # the late answer takes its credit back out of "uncertain": it was charged
         await b.refresh()
         assert (b.consumed, b.uncertain, b.reserved) == (3, 0, 0)
+
+
+async def test_a_settlement_written_twice_is_applied_once(redis_url: str, name: str) -> None:
+    async with _ledgers(redis_url, name, 1) as (ledger,):
+        async with ledger.reserve() as probe:
+            probe.answered(200, _charged(10))
+        async with ledger.reserve() as hold:
+            hold.answered(200, _charged(9))
+        await ledger._write(hold)  # type: ignore[arg-type]  # its reply was lost: written again
+        await ledger.refresh()
+        assert (ledger.consumed, ledger.reserved, ledger.remaining) == (2, 0, 9)
+
+
+async def test_a_lost_grant_becomes_uncertain_after_the_lease(
+    redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _ledgers(redis_url, name, 2) as (a, b):
+        async with a.reserve() as probe:
+            probe.answered(200, _charged(10))
+        first_owner = a.owner
+        run = RedisConnection.run
+
+        async def lost_reply(
+            conn: RedisConnection, script: Any, keys: list[str], args: list[str | int]
+        ) -> Any:
+            reply = await run(conn, script, keys, args)
+            if args[0] == "reserve":  # granted on the server, and the reply lost on the way
+                raise clipnormals.ClipnormalsError("Redis did not answer")
+            return reply
+
+        monkeypatch.setattr(RedisConnection, "run", lost_reply)
+        with pytest.raises(clipnormals.ClipnormalsError, match="did not answer"):
+            async with a.reserve():
+                pass
+        monkeypatch.undo()
+        assert a.owner != first_owner  # no longer renewed: that lease will lapse
+        await b.refresh()
+        assert b.reserved == 1  # nobody can settle it; it is not given back either...
+        with anyio.fail_after(LEASE + 10):
+            while b.reserved:
+                await anyio.sleep(0.1)
+                await b.refresh()
+        assert b.uncertain == 1  # ...it may have been charged
 
 
 # -- life cycle -----------------------------------------------------------------------------

@@ -25,7 +25,10 @@ on the server's clock):
 Each process's own outcome is recorded on its reservation object (``answered`` is called before
 the body is read, and does no I/O) and written to Redis when the ``reserve`` block ends, shielded
 from cancellation. Until then it still counts as reserved: the shared view is never lower than
-what the server may have charged. A write that fails is kept and retried.
+what the server may have charged. Every reservation has an id, so that a write that fails (or
+whose reply is lost) is kept and retried, and applied once. A reservation whose *grant* reply is
+lost cannot be settled by anyone who knows it: its process retires its owner id (see below), and
+the reservation becomes uncertain when that lease lapses.
 
 Leases. Every reservation belongs to an *owner*, one per ``RedisLedger`` (``host:pid:random``).
 An owner holds a lease in Redis that its ledger renews in the background every ``lease / 3``
@@ -49,8 +52,9 @@ A process that waits (the probe is out, or every credit is reserved) polls the s
 at 10 ms and backing off to 100 ms; settlements made in the same process wake it at once.
 
 Keys, under ``clipnormals:{name}:``: ``credits:state`` (a hash of the counters),
-``credits:held`` (credits held per owner), ``credits:expired`` (credits of lapsed owners still
-uncertain) and ``owners`` (a sorted set: owner -> lease end). They expire after ``ttl`` seconds
+``credits:held`` (credits held per owner), ``credits:holds`` (each reservation in flight,
+``owner/id`` -> credits), ``credits:expired`` (reservations of lapsed owners, still uncertain)
+and ``owners`` (a sorted set: owner -> lease end). They expire after ``ttl`` seconds
 without use. The braces put them in one Redis Cluster hash slot.
 """
 
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -95,14 +100,15 @@ _SNAPSHOT: Final = 8
 _SCRIPT: Final = (
     """
 -- KEYS: 1 state (hash), 2 held (hash: owner -> credits held), 3 owners (sorted set: owner ->
---       lease end), 4 expired (hash: owner -> credits made uncertain when its lease lapsed)
+--       lease end), 4 expired (hash: hold -> credits made uncertain when its owner's lease
+--       lapsed), 5 holds (hash: hold -> credits), a hold being "owner/id"
 -- ARGV: 1 operation, 2 owner, 3 lease (us), 4 ttl (ms), 5.. operands
 -- Every reply starts with a code and a snapshot of the counters (see snapshot()).
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local op, owner, lease, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local S, HELD, OWNERS, EXPIRED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local S, HELD, OWNERS, EXPIRED, HOLDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local function int(x) return string.format('%.0f', x) end
 """
     + LEASE_LUA
@@ -122,7 +128,7 @@ local function snapshot(code, ...)
   return reply
 end
 local function keep()
-  for _, k in ipairs({S, HELD, EXPIRED}) do redis.call('PEXPIRE', k, ttl) end
+  for _, k in ipairs({S, HELD, EXPIRED, HOLDS}) do redis.call('PEXPIRE', k, ttl) end
 end
 -- Attempts that went out and got no answer (or whose owner died): they may have been charged.
 local function lost(amount)
@@ -130,15 +136,24 @@ local function lost(amount)
 end
 -- What owners whose lease lapsed still held becomes uncertain.
 local function sweep()
-  local held = redis.call('HGETALL', HELD)
+  local held, dead = redis.call('HGETALL', HELD), {}
   for i = 1, #held, 2 do
     local o, amount = held[i], tonumber(held[i + 1])
     if lease_state(o) ~= 'alive' then
       redis.call('HDEL', HELD, o)
       add('reserved', -amount)
       lost(amount)
-      redis.call('HINCRBY', EXPIRED, o, amount)
+      dead[o] = true
       if redis.call('HGET', S, 'probe') == o then redis.call('HDEL', S, 'probe') end
+    end
+  end
+  if next(dead) then
+    local holds = redis.call('HGETALL', HOLDS)
+    for i = 1, #holds, 2 do
+      if dead[string.match(holds[i], '^(.*)/[^/]*$')] then
+        redis.call('HDEL', HOLDS, holds[i])
+        redis.call('HSET', EXPIRED, holds[i], holds[i + 1])
+      end
     end
   end
 end
@@ -168,31 +183,29 @@ if op == 'reserve' then
   end
   add('reserved', cost)
   redis.call('HINCRBY', HELD, owner, cost)
+  redis.call('HSET', HOLDS, owner .. '/' .. ARGV[7], cost)
   keep()
   return snapshot(0, cost, probe, num('consumed'), num('lost'), num('epoch'))
 
 elseif op == 'settle' then
   sweep()
-  local alive = renew(owner)
-  local amount, probe, outcome = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-  local held = tonumber(redis.call('HGET', HELD, owner) or '0')
-  if alive and held >= amount then
-    if held == amount then
-      redis.call('HDEL', HELD, owner)
-    else
-      redis.call('HINCRBY', HELD, owner, -amount)
-    end
+  renew(owner)
+  local hold, probe, outcome = owner .. '/' .. ARGV[15], ARGV[6], ARGV[7]
+  local amount = tonumber(redis.call('HGET', HOLDS, hold) or '-1')
+  if amount >= 0 then
+    redis.call('HDEL', HOLDS, hold)
+    if redis.call('HINCRBY', HELD, owner, -amount) <= 0 then redis.call('HDEL', HELD, owner) end
     add('reserved', -amount)
     if probe == '1' and redis.call('HGET', S, 'probe') == owner then
       redis.call('HDEL', S, 'probe')
     end
   else
-    -- The lease lapsed meanwhile and the hold was counted as uncertain; the outcome is known.
-    local take = math.min(tonumber(redis.call('HGET', EXPIRED, owner) or '0'), amount)
-    if take > 0 then
-      redis.call('HINCRBY', EXPIRED, owner, -take)
-      add('uncertain', -take)
-    end
+    -- The owner's lease lapsed meanwhile and the hold was counted as uncertain: now the
+    -- outcome is known. Neither here nor there: settled already (a write retried).
+    amount = tonumber(redis.call('HGET', EXPIRED, hold) or '-1')
+    if amount < 0 then keep(); return snapshot(5) end
+    redis.call('HDEL', EXPIRED, hold)
+    add('uncertain', -amount)
   end
   if outcome == 'unanswered' then
     lost(amount)
@@ -263,6 +276,7 @@ class _Hold:
         "amount",
         "consumed_at_start",
         "epoch_at_start",
+        "id",
         "lost_at_start",
         "owner",
         "probe",
@@ -272,9 +286,10 @@ class _Hold:
         "unit_seen",
     )
 
-    def __init__(self, owner: str, detail: list[int]) -> None:
+    def __init__(self, owner: str, hold_id: str, detail: list[int]) -> None:
         amount, probe, consumed, lost, epoch = detail[:5]
         self.owner = owner
+        self.id = hold_id
         self.amount = amount
         self.probe = bool(probe)
         self.consumed_at_start = consumed
@@ -331,6 +346,7 @@ class _Hold:
             self.lost_at_start,
             self.epoch_at_start,
             self.status,
+            self.id,
         ]
 
 
@@ -426,6 +442,7 @@ class RedisLedger:
             prefix + "credits:held",
             prefix + "owners",
             prefix + "credits:expired",
+            prefix + "credits:holds",
         ]
         self._lease = float(lease)
         self._ttl = float(ttl)
@@ -652,13 +669,20 @@ class RedisLedger:
             self.check_halted()
             # Shielded: once the script has granted a hold, the reply must reach us so that the
             # hold is settled, never left behind.
+            hold_id = uuid.uuid4().hex[:12]
             with anyio.CancelScope(shield=True):
-                reply = await self._call("reserve", self.policy.reserve, budget)
+                try:
+                    reply = await self._call("reserve", self.policy.reserve, budget, hold_id)
+                except ClipnormalsError:
+                    # Granted or not? Unknown: stop renewing this owner's lease, so that a hold
+                    # granted without our knowing becomes uncertain once it lapses.
+                    self._retire_owner("a reservation's reply was lost")
+                    raise
             code, detail = reply[0], reply[1 + _SNAPSHOT :]
             if code == _GRANTED:
-                return _Hold(self._owner, detail)
+                return _Hold(self._owner, hold_id, detail)
             if code == _LOST:
-                self._lease_lost()
+                self._retire_owner(self._stalled())
                 continue
             if code == _HALTED:
                 self.check_halted()
@@ -699,17 +723,22 @@ class RedisLedger:
             try:
                 await self._flush()
                 if self._registered and (await self._call("renew"))[0] == _LOST:
-                    self._lease_lost()
+                    self._retire_owner(self._stalled())
             except ClipnormalsError as exc:
                 logger.warning("RedisLedger %r: could not renew its lease: %s", self._name, exc)
 
-    def _lease_lost(self) -> None:
+    def _stalled(self) -> str:
+        return f"its lease lapsed: the process stalled for longer than {self._lease:g} s"
+
+    def _retire_owner(self, why: str) -> None:
+        """Continue under a new owner id; the old one's lease lapses (or has lapsed), and what
+        it holds counts as uncertain until settled."""
         logger.warning(
-            "RedisLedger %r: the lease of %s lapsed (the process stalled for longer than %g s); "
-            "its reservations were counted as uncertain; continuing under a new owner id",
+            "RedisLedger %r: owner %s retired (%s); its reservations count as uncertain until "
+            "settled; continuing under a new owner id",
             self._name,
             self._owner,
-            self._lease,
+            why,
         )
         self._owner = new_owner()
         self._registered = False
