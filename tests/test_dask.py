@@ -45,8 +45,8 @@ PER = 12.0
 CREDITS = 200
 DISTINCT = 240
 COPIES = 20
-LEASE = 3.0
-LATENCY = (0.1, 0.5)  # seconds, uniform
+LEASE = 5.0  # longer than any stall of a live worker on a loaded machine
+LATENCY = (0.05, 0.25)  # seconds, uniform
 
 
 def _recipe(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
