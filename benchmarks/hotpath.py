@@ -42,6 +42,7 @@ from _common import RESULTS, machine, shown, small_png, write_json
 from PIL import Image
 
 import clipnormals
+import clipnormals.images
 
 KEY = "bench-hotpath"
 ENDPOINT = "/portrait-surface-normals/v1"
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "hotpath.json")
     args = parser.parse_args(argv)
     distinct = [small_png(i) for i in range(32)]
-    prepared = [clipnormals.prepare_image(d) for d in distinct]
+    prepared = [clipnormals.images.prepare_image(d) for d in distinct]
     ways: dict[str, tuple[Way, Sequence[Any]]] = {
         "bare (workers)": (workers, distinct),
         "bare (task per request)": (per_task, distinct),

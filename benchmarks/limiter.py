@@ -41,6 +41,7 @@ from aiolimiter import AsyncLimiter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clipnormals
+import clipnormals.images
 from tests.fakeapi import max_in_window, normal_map_jpeg
 
 JPEG = normal_map_jpeg(32, 24)
@@ -106,7 +107,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "clipnormals/samples/camera.png"
 
 
 async def run(n: int, requests: int, per: float, mode: str) -> dict[str, dict[str, float]]:
-    image = clipnormals.prepare_image(SAMPLE.read_bytes())
+    image = clipnormals.images.prepare_image(SAMPLE.read_bytes())
     rl = clipnormals.RateLimit(requests=requests, per=per)
     variants: dict[str, tuple[clipnormals.RateLimit, clipnormals.Limiter | None]] = {
         "clipnormals (default)": (rl, None),

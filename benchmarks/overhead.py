@@ -52,6 +52,7 @@ from _common import (
 )
 
 import clipnormals
+import clipnormals.images
 
 ENDPOINT = "/portrait-surface-normals/v1"
 KEY = "bench-overhead"
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (500 if args.quick else 3000)
     rounds = args.rounds or (2 if args.quick else 5)
     distinct = [small_png(i) for i in range(32)]
-    prepared = [clipnormals.prepare_image(d) for d in distinct]
+    prepared = [clipnormals.images.prepare_image(d) for d in distinct]
     spec = ServerSpec(
         requests=None,
         synth="canned",

@@ -5,7 +5,8 @@ Run from the repository root::
     python benchmarks/prepare.py                   # 1 and 12 megapixels, JPEG and PNG
     python benchmarks/prepare.py --sizes 1 --repeats 9
 
-Every upload goes through :func:`clipnormals.prepare_image` (in a worker thread), so its cost is
+Every upload goes through :func:`clipnormals.images.prepare_image` (in a worker thread), so
+its cost is
 paid once per image. For each size a photo-like picture (a smooth synthetic portrait with sensor
 noise, 4:3 landscape as a phone writes it) is encoded as a JPEG at quality 90 and as a PNG, then
 timed three ways, alternating so that a busy machine slows all alike:

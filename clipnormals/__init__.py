@@ -8,7 +8,8 @@ Example:
     ...         nm.normals  # float32 (H, W, 3) unit vectors, +X right, +Y up, +Z to the viewer
     ...         nm.mask  # bool (H, W), True on the person
 
-The batch runner behind ``clipnormals batch`` is in :mod:`clipnormals.batch`.
+The batch runner behind ``clipnormals batch`` is in :mod:`clipnormals.batch`; preparing images
+without a client (``prepare_image``, ``sniff_format``) in :mod:`clipnormals.images`.
 
 The client is asyncio-only; ``Client`` is the blocking facade for scripts (in a notebook,
 ``await`` the ``AsyncClient``). ``clipnormals.emulator`` is a local stand-in for the API and
@@ -28,7 +29,7 @@ logging.getLogger("clipnormals").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from ._core.client import AsyncClient
-    from ._core.credits import CreditLedger, CreditPolicy
+    from ._core.credits import CreditHold, CreditLedger, CreditPolicy, Ledger
     from ._core.limiter import Limiter, LocalLimiter, RateLimit
     from ._core.map import MapIterator
     from ._core.results import ClientStats, MapItem
@@ -54,13 +55,7 @@ if TYPE_CHECKING:
         ServerError,
         UnexpectedResponseError,
     )
-    from ._images.prepare import (
-        ImageSource,
-        PreparedImage,
-        PrepareOptions,
-        prepare_image,
-        sniff_format,
-    )
+    from ._images.prepare import ImageSource, PreparedImage, PrepareOptions
     from ._normals.normalmap import NormalMap
     from ._normals.relight import DirectionalLight, SHLighting
     from ._normals.sheets import contact_sheet
@@ -80,12 +75,14 @@ __all__ = [
     "ClientStats",
     "ClipnormalsError",
     "CreditBudgetError",
+    "CreditHold",
     "CreditLedger",
     "CreditPolicy",
     "DirectionalLight",
     "ImageSource",
     "InsufficientCreditsError",
     "InvalidImageError",
+    "Ledger",
     "Limiter",
     "LocalLimiter",
     "MapItem",
@@ -105,8 +102,6 @@ __all__ = [
     "UnexpectedResponseError",
     "__version__",
     "contact_sheet",
-    "prepare_image",
-    "sniff_format",
 ]
 
 # Public names are imported when first used (PEP 562): ``import clipnormals`` costs little, and
@@ -125,12 +120,14 @@ _LAZY: dict[str, str] = {
     "ClientStats": "._core.results",
     "ClipnormalsError": "._errors",
     "CreditBudgetError": "._errors",
+    "CreditHold": "._core.credits",
     "CreditLedger": "._core.credits",
     "CreditPolicy": "._core.credits",
     "DirectionalLight": "._normals.relight",
     "ImageSource": "._images.prepare",
     "InsufficientCreditsError": "._errors",
     "InvalidImageError": "._errors",
+    "Ledger": "._core.credits",
     "Limiter": "._core.limiter",
     "LocalLimiter": "._core.limiter",
     "MapItem": "._core.results",
@@ -149,28 +146,31 @@ _LAZY: dict[str, str] = {
     "ServerError": "._errors",
     "UnexpectedResponseError": "._errors",
     "contact_sheet": "._normals.sheets",
-    "prepare_image": "._images.prepare",
-    "sniff_format": "._images.prepare",
 }
 
-# Names that lived here before the batch runner got its own module. They still work, with a
-# DeprecationWarning, and are not in __all__.
-_MOVED_TO_BATCH = frozenset(
-    {
-        "BatchConfig",
-        "BatchControl",
-        "BatchReporter",
-        "BatchSummary",
-        "DryRunReport",
-        "ExitCode",
-        "ManifestLockedError",
-        "ManifestRecord",
-        "RecordStatus",
-        "dry_run",
-        "read_manifest",
-        "run_batch",
-    }
-)
+# Names that lived here before the batch runner and image preparation got modules of their own.
+# They still work, with a DeprecationWarning, and are not in __all__.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "BatchConfig",
+            "BatchControl",
+            "BatchReporter",
+            "BatchSummary",
+            "DryRunReport",
+            "ExitCode",
+            "ManifestLockedError",
+            "ManifestRecord",
+            "RecordStatus",
+            "dry_run",
+            "read_manifest",
+            "run_batch",
+        ),
+        "batch",
+    ),
+    "prepare_image": "images",
+    "sniff_format": "images",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -181,18 +181,18 @@ def __getattr__(name: str) -> object:
         value = getattr(importlib.import_module(module, __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
-    if name in _MOVED_TO_BATCH:
+    home = _MOVED.get(name)
+    if home is not None:
+        import importlib
         import warnings
 
-        from . import batch
-
         warnings.warn(
-            f"clipnormals.{name} moved to clipnormals.batch.{name}; the old name will be "
+            f"clipnormals.{name} moved to clipnormals.{home}.{name}; the old name will be "
             "removed in a future release",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(batch, name)
+        return getattr(importlib.import_module(f".{home}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from clipnormals import PreparedImage, prepare_image
+from clipnormals import PreparedImage
+from clipnormals.images import prepare_image
 
 KEY = "sk-test-5f1d2c3b4a"
 

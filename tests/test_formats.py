@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipnormals import InvalidImageError, prepare_image, sniff_format
+from clipnormals import InvalidImageError
 from clipnormals._batch.discover import discover, sniff_image_format
 from clipnormals._images import formats
 from clipnormals._images.orientation import EXIF_TO_DISPLAY, exif_orientation, upright
 from clipnormals._normals.vectors import reorient, transform_field
+from clipnormals.images import prepare_image, sniff_format
 
 
 def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from clipnormals import InvalidImageError, PrepareOptions, prepare_image, sniff_format
+from clipnormals import InvalidImageError, PrepareOptions
 from clipnormals._batch.discover import discover
+from clipnormals.images import prepare_image, sniff_format
 
 pillow_heif = pytest.importorskip("pillow_heif", reason="the 'heif' extra is not installed")
 
@@ -139,7 +140,8 @@ _WITHOUT_PLUGIN = textwrap.dedent(
     """
     import sys
     sys.modules["pillow_heif"] = None  # "import pillow_heif" now raises ImportError
-    from clipnormals import InvalidImageError, prepare_image, sniff_format
+    from clipnormals import InvalidImageError
+    from clipnormals.images import prepare_image, sniff_format
     data = open(sys.argv[1], "rb").read()
     print(sniff_format(data))
     try:
@@ -171,7 +173,7 @@ def test_the_plugin_is_registered_only_at_first_need() -> None:
         """
         import sys
         import clipnormals, PIL.Image
-        from clipnormals import prepare_image
+        from clipnormals.images import prepare_image
         import io
         buffer = io.BytesIO()
         PIL.Image.new("RGB", (4, 4)).save(buffer, "PNG")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import clipnormals
+import clipnormals.images
 from clipnormals.emulator import (
     Emulator,
     EmulatorConfig,
@@ -24,8 +25,8 @@ KEY = "integration-key"
 
 def _images(n: int) -> list[clipnormals.PreparedImage]:
     base = [
-        clipnormals.prepare_image(SAMPLES / "camera.png"),
-        clipnormals.prepare_image(SAMPLES / "astronaut.png"),
+        clipnormals.images.prepare_image(SAMPLES / "camera.png"),
+        clipnormals.images.prepare_image(SAMPLES / "astronaut.png"),
     ]
     return [base[i % 2] for i in range(n)]
 

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image, ImageFile
 
 import clipnormals
-from clipnormals import InvalidImageError, prepare_image
+from clipnormals import InvalidImageError
 from clipnormals._images import integrity
+from clipnormals.images import prepare_image
 
 SAMPLES = Path(clipnormals.__file__).parent / "samples"
 

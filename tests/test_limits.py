@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from clipnormals import InvalidImageError, PrepareOptions, prepare_image
+from clipnormals import InvalidImageError, PrepareOptions
+from clipnormals.images import prepare_image
 
 MAX_PIXELS = 25_000_000  # api-contract: "width x height <= 25,000,000"
 MAX_BYTES = 30_000_000  # api-contract: "at most 30 MB"; decimal, the smaller reading

@@ -15,9 +15,10 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from clipnormals import InvalidImageError, NormalMap, PrepareOptions, prepare_image
+from clipnormals import InvalidImageError, NormalMap, PrepareOptions
 from clipnormals._normals.mask import Runs, person_mask
 from clipnormals._normals.vectors import decode_normals, detect_convention, reorient
+from clipnormals.images import prepare_image
 
 from .synthetic import (
     BACKGROUND,

@@ -18,16 +18,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-import os
 import random
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import traceback
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -38,6 +32,7 @@ import clipnormals
 from clipnormals import ClipnormalsError, RateLimit
 from clipnormals.redis import RedisLimiter
 
+from .conftest import free_port
 from .fakeapi import KEY, FakeAPI, max_in_window, prepared
 
 pytestmark = pytest.mark.anyio
@@ -46,76 +41,6 @@ QUOTA = RateLimit(requests=20, per=1.0)
 SCHEDULING_DELAY = 0.015
 # The longest window that must still hold at most QUOTA.requests starts (see the docstring).
 CHECKED_WINDOW = QUOTA.per + QUOTA.spacing / 2 - SCHEDULING_DELAY
-NO_SERVER = (
-    "the Redis limiter tests need a server: set CLIPNORMALS_REDIS_URL or put redis-server on PATH"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _answers_ping(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                time.sleep(0.05)  # waiting for a server to come up, not timing anything
-        return False
-    finally:
-        client.close()
-
-
-@contextlib.contextmanager
-def _private_server(binary: str) -> Iterator[str]:
-    for _ in range(3):  # the free port may be taken between the probe and the bind
-        port = _free_port()
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no"]  # nothing written to disk
-        proc = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            if _answers_ping(port, proc):
-                yield f"redis://127.0.0.1:{port}/0"
-                return
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    pytest.fail("redis-server did not start on a loopback port")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("CLIPNORMALS_REDIS_URL")
-    if url:
-        yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(NO_SERVER)
-        pytest.skip(NO_SERVER)
-    with _private_server(binary) as url:
-        yield url
-
-
-@pytest.fixture
-def name() -> str:
-    """A fresh quota name per test: tests never share a bucket, even on a shared server."""
-    return f"test-{uuid.uuid4().hex[:12]}"
 
 
 @contextlib.asynccontextmanager
@@ -419,7 +344,7 @@ async def test_two_clients_share_one_quota_through_redis(redis_url: str, name: s
 
 
 async def test_an_unreachable_server_is_a_clear_error_without_the_password() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     secret = "hunter2-redis-secret"
     limiter = RedisLimiter(QUOTA, url=f"redis://clip:{secret}@127.0.0.1:{port}/3", timeout=2.0)
     assert secret not in repr(limiter)
@@ -473,7 +398,9 @@ def test_bad_arguments_are_refused() -> None:
 def test_without_the_redis_package_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for module in ("clipnormals.redis", "clipnormals._redis.limiter"):
+    for module in [
+        m for m in sys.modules if m.startswith(("clipnormals.redis", "clipnormals._redis"))
+    ]:
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"pip install 'clipnormals\[redis\]'"):
@@ -483,9 +410,16 @@ def test_without_the_redis_package_the_error_says_what_to_install(
 def test_the_public_module_reexports_the_real_redis_limiter() -> None:
     import clipnormals.redis
 
-    implementation = importlib.import_module("clipnormals._redis.limiter")
-    assert clipnormals.redis.RedisLimiter is implementation.RedisLimiter
-    assert clipnormals.redis.__all__ == ["RedisLimiter"]
-    # the package's own redis.py does not shadow redis-py in the implementation module
-    assert implementation.aioredis is redis.asyncio
+    for name, module in [
+        ("RedisLimiter", "limiter"),
+        ("RedisLedger", "ledger"),
+        ("RedisClaims", "claims"),
+        ("Claim", "claims"),
+    ]:
+        implementation = importlib.import_module(f"clipnormals._redis.{module}")
+        assert getattr(clipnormals.redis, name) is getattr(implementation, name)
+    assert clipnormals.redis.__all__ == ["Claim", "RedisClaims", "RedisLedger", "RedisLimiter"]
+    # the package's own redis.py does not shadow redis-py where redis-py is imported
+    connection = importlib.import_module("clipnormals._redis.connection")
+    assert connection.aioredis is redis.asyncio
     assert clipnormals.redis.__doc__

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-from .._core.credits import CreditLedger
+from .._core.credits import Ledger
 from .._errors import (
     APIConnectionError,
     APITimeoutError,
@@ -223,7 +223,7 @@ class RunContext:
             server).
     """
 
-    ledger: CreditLedger | None = None
+    ledger: Ledger | None = None
     responses: int = 1
 
 

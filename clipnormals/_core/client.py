@@ -31,7 +31,7 @@ from .._errors import (
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
 from .._normals.normalmap import NormalMap
 from .config import check_base_url, configure_logging_from_env, resolve_api_key, resolve_base_url
-from .credits import CreditLedger, CreditPolicy, parse_credit_header
+from .credits import CreditLedger, CreditPolicy, Ledger, parse_credit_header
 from .gate import StopSignal, calls_trace_hooks
 from .http import REQUEST_ID_HEADERS, EventHooks, build_http_client
 from .limiter import Limiter, LocalLimiter, RateLimit
@@ -76,6 +76,9 @@ class AsyncClient:
             ...). httpx ignores proxy environment variables with a custom transport (a warning
             says so when one is set).
         limiter: a custom :class:`Limiter` (e.g. one shared through Redis); default: in-process.
+        ledger: a custom :class:`Ledger` (e.g. ``clipnormals.redis.RedisLedger``, one credit
+            balance and budget for many processes); default: a :class:`CreditLedger` with
+            ``credits``. It carries its own policy: passing ``credits`` too is a ValueError.
         prepare: image preparation options (``PrepareOptions(strict=True)`` never downscales).
         flip_x, flip_y: negate the decoded X / Y components of every normal map.
         http_client: an ``httpx.AsyncClient`` of your own (proxies, certificates, mounts,
@@ -111,6 +114,7 @@ class AsyncClient:
         timeout: float | httpx.Timeout = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
+        ledger: Ledger | None = None,
         prepare: PrepareOptions | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
@@ -130,6 +134,7 @@ class AsyncClient:
             retry=retry,
             credits=credits,
             limiter=limiter,
+            ledger=ledger,
             prepare=prepare,
             http_client=http_client,
             default_headers=default_headers,
@@ -180,7 +185,7 @@ class AsyncClient:
             http=http,
             owns_http=http_client is None,
             limiter=limiter or LocalLimiter(self.rate_limit),
-            ledger=CreditLedger(credits or CreditPolicy()),
+            ledger=ledger if ledger is not None else CreditLedger(credits or CreditPolicy()),
             max_concurrency=max_concurrency,
             retry=self.retry,
             slot_on_wire=calls_trace_hooks(transport, http_client),
@@ -292,7 +297,7 @@ class AsyncClient:
         return self._prepare
 
     @property
-    def credits(self) -> CreditLedger:
+    def credits(self) -> Ledger:
         """The live credit ledger: ``remaining``, ``consumed``, ``reserved``, ``uncertain``."""
         return self._session.ledger
 
@@ -531,6 +536,7 @@ def _check_options(
     retry: object,
     credits: object,
     limiter: object,
+    ledger: object,
     prepare: object,
     http_client: object,
     default_headers: object,
@@ -553,6 +559,11 @@ def _check_options(
             require_instance(
                 name, value, kind, f"a {kind.__module__.split('.')[0]}.{kind.__name__}"
             )
+    if ledger is not None:
+        if credits is not None:
+            raise ValueError("pass credits= or ledger=, not both: a ledger has its own policy")
+        if not isinstance(ledger, Ledger):
+            raise TypeError("ledger must implement the Ledger protocol (see clipnormals.Ledger)")
     if limiter is not None and not isinstance(limiter, Limiter):
         raise TypeError(
             "limiter must implement the Limiter protocol: async acquire(), rate_limited(), "

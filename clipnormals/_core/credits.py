@@ -30,13 +30,19 @@ Answers can arrive out of order: a slow one may carry a balance older than one a
 Without top-ups the balance only falls, so the lowest report is the newest; a higher one is
 believed only when no reordering can explain it (a top-up), so a stale header never lets the
 client overspend.
+
+The client speaks to its ledger through the :class:`Ledger` protocol, which :class:`CreditLedger`
+(one process) and ``clipnormals.redis.RedisLedger`` (every process sharing a Redis name, the same
+rules in a Lua script) implement. What an answer costs is decided in one place,
+:func:`answer_cost`, for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -48,7 +54,15 @@ from .._errors import (
 )
 from .validate import require_int
 
-__all__ = ["CreditLedger", "CreditPolicy", "Reservation", "parse_credit_header"]
+__all__ = [
+    "CreditHold",
+    "CreditLedger",
+    "CreditPolicy",
+    "Ledger",
+    "Reservation",
+    "answer_cost",
+    "parse_credit_header",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +126,133 @@ def parse_credit_header(headers: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+def answer_cost(status: int, headers: Mapping[str, str], amount: int) -> int:
+    """The credits an answer cost, from its status line and headers (the body is not needed).
+
+    ``x-credits-consumed`` when present; without it, ``amount`` (the cost of one call) for a 200
+    from the API (an image, or one that reports ``x-remaining-credits``), and 0 otherwise (an
+    error, or a 200 that is not the API's, such as a proxy's page).
+
+    Example:
+        >>> answer_cost(200, {"content-type": "image/jpeg"}, 1)
+        1
+        >>> answer_cost(200, {"x-credits-consumed": "2"}, 1), answer_cost(429, {}, 1)
+        (2, 0)
+    """
+    consumed = parse_credit_header(headers, "x-credits-consumed")
+    if consumed is not None:
+        return consumed
+    if status == 200 and (
+        parse_credit_header(headers, "x-remaining-credits") is not None
+        or headers.get("content-type", "").startswith("image/")
+    ):
+        return amount  # the API's answer, from a version that does not say the cost
+    return 0
+
+
+@runtime_checkable
+class CreditHold(Protocol):
+    """Credits held for one attempt in flight: what :meth:`Ledger.reserve` yields.
+
+    Settle it once, with what happened: :meth:`answered` (the headers of an answer arrived),
+    :meth:`unanswered` (the request went out and no answer came), or nothing at all (the
+    request never left: the hold is released when the ``reserve`` block ends). A ledger applies
+    the outcome at once or, at the latest, when the ``reserve`` block ends.
+    """
+
+    @property
+    def amount(self) -> int:
+        """The credits held (the cost of one call when it was reserved)."""
+        ...
+
+    @property
+    def settled(self) -> bool:
+        """True once the attempt's outcome was recorded."""
+        ...
+
+    def answered(self, status: int, headers: Mapping[str, str]) -> int:
+        """The answer's status line and headers arrived; returns the credits it cost."""
+        ...
+
+    def unanswered(self) -> None:
+        """The request went out and no answer came: it may have been charged."""
+        ...
+
+    def release(self) -> None:
+        """The request never reached the server: give the hold back."""
+        ...
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """What the client needs from a credit ledger; :class:`CreditLedger` keeps one in process,
+    ``clipnormals.redis.RedisLedger`` shares one between processes and machines.
+
+    The attributes are the ledger's view of the account (for a shared ledger: of every process
+    sharing it, as of its last exchange with the shared store): ``remaining`` (``None`` until
+    known), ``consumed``, ``reserved``, ``uncertain`` and ``unit`` in credits, as documented on
+    :class:`CreditLedger`. ``check`` and ``check_halted`` never wait; ``reserve`` may.
+    """
+
+    @property
+    def policy(self) -> CreditPolicy:
+        """The reserve and budget this ledger enforces."""
+        ...
+
+    @property
+    def remaining(self) -> int | None:
+        """The balance as last reported (corrected for charges since), ``None`` until known."""
+        ...
+
+    @property
+    def consumed(self) -> int:
+        """Credits the server said it charged."""
+        ...
+
+    @property
+    def reserved(self) -> int:
+        """Credits held by attempts in flight."""
+        ...
+
+    @property
+    def uncertain(self) -> int:
+        """Credits of attempts that went out and got no answer (counted against the budget)."""
+        ...
+
+    @property
+    def unit(self) -> int:
+        """The cost of one call, in credits (the largest ``x-credits-consumed`` seen, or 1)."""
+        ...
+
+    @property
+    def halted(self) -> bool:
+        """True after a 402 or 403 halted the ledger."""
+        ...
+
+    def check(self) -> None:
+        """Raise when no request could ever be sent (see :meth:`CreditLedger.check`)."""
+        ...
+
+    def check_halted(self) -> None:
+        """Raise :class:`ClientHaltedError` when a 402 or 403 halted the ledger."""
+        ...
+
+    def halt(
+        self,
+        error: InsufficientCreditsError | PermissionDeniedError,
+        *,
+        remaining: int | None = None,
+    ) -> None:
+        """Refuse every later request, without I/O (after a 402 or 403)."""
+        ...
+
+    def reserve(self) -> AbstractAsyncContextManager[CreditHold]:
+        """Hold one call's cost for one attempt; released at the end of the block unless
+        settled. Raises :class:`CreditBudgetError` (nothing sent) or
+        :class:`ClientHaltedError`."""
+        ...
+
+
 class Reservation:
     """Credits held for one attempt in flight; see :meth:`CreditLedger.reserve`.
 
@@ -153,14 +294,7 @@ class Reservation:
         """
         consumed = parse_credit_header(headers, "x-credits-consumed")
         remaining = parse_credit_header(headers, "x-remaining-credits")
-        if consumed is not None:
-            spent = consumed
-        elif status == 200 and (
-            remaining is not None or headers.get("content-type", "").startswith("image/")
-        ):
-            spent = self.amount  # the API's answer, from a version that does not say the cost
-        else:
-            spent = 0  # an error, or a 200 that is not the API's (a proxy's page)
+        spent = answer_cost(status, headers, self.amount)
         return self._settle(
             spent=spent, consumed_header=consumed, remaining=remaining, answered=True
         )

@@ -103,7 +103,7 @@ class RateLimit:
             bucket without burst (nginx ``limit_req`` without ``burst``). Needs ``burst=1``.
         adaptive: learn from 429s the limiter did not expect (see :class:`LocalLimiter`); it only
             ever lowers the rate, never above this quota.
-        max_cooldown: deprecated: :attr:`RetryPolicy.max_retry_after` is the one cap on the
+        max_cooldown: deprecated: ``RetryPolicy.max_retry_after`` is the one cap on the
             pause a 429 imposes (the client caps the pause before it reaches the limiter).
             Still honoured by :meth:`LocalLimiter.cooldown` when set.
 

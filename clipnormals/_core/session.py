@@ -38,7 +38,7 @@ from .._errors import (
     UnexpectedResponseError,
 )
 from .circuit import CircuitBreaker
-from .credits import CreditLedger, Reservation, parse_credit_header
+from .credits import CreditHold, Ledger, parse_credit_header
 from .gate import StartGate, StopSignal
 from .http import (
     MAX_MAP_BYTES,
@@ -158,7 +158,7 @@ class Session:
         http: httpx.AsyncClient,
         owns_http: bool,
         limiter: Limiter,
-        ledger: CreditLedger,
+        ledger: Ledger,
         max_concurrency: int,
         retry: RetryPolicy,
         slot_on_wire: bool = False,
@@ -366,7 +366,7 @@ class Session:
         self,
         endpoint: Endpoint,
         prepared: PreparedImage,
-        reservation: Reservation,
+        reservation: CreditHold,
         state: _AttemptState,
         gate: StartGate,
         http_timeout: httpx.Timeout | None,

@@ -11,6 +11,7 @@ import contextlib
 import os
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -21,7 +22,7 @@ from .._errors import ClientClosedError
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions
 from .._normals.normalmap import NormalMap
 from .client import _UNSET, AsyncClient
-from .credits import CreditLedger, CreditPolicy
+from .credits import CreditPolicy, Ledger
 from .http import EventHooks
 from .limiter import Limiter, RateLimit
 from .map import MapIterator
@@ -46,8 +47,10 @@ class Client:
     kernel already runs an event loop: use ``AsyncClient`` with top-level ``await`` there, so
     the kernel's other tasks keep running while the client works.
 
-    A :class:`Limiter` given here belongs to this client, since its connections live on the
-    client's loop: :meth:`close` closes it (it must not be shared with another client).
+    A :class:`Limiter` or :class:`Ledger` given here belongs to this client, since its
+    connections live on the client's loop: a ledger that is an async context manager (a
+    ``RedisLedger``) is entered in that loop when the client is built, and :meth:`close` closes
+    both (neither may be shared with another client).
 
     Example:
         >>> with Client() as client:  # key from CLIPDROP_API_KEY
@@ -69,6 +72,7 @@ class Client:
         timeout: float | httpx.Timeout = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
+        ledger: Ledger | None = None,
         prepare: PrepareOptions | None = None,
         flip_x: bool = False,
         flip_y: bool = False,
@@ -84,6 +88,8 @@ class Client:
         self._pid = os.getpid()
         self._limiter = limiter
         self._root: Client | None = None  # set on views: the client that owns the loop
+        self._ledger = ledger
+        self._ledger_cm: contextlib.AbstractContextManager[Any] | None = None
         options: dict[str, Any] = {
             "api_key": api_key,
             "base_url": base_url,
@@ -94,6 +100,7 @@ class Client:
             "timeout": timeout,
             "transport": transport,
             "limiter": limiter,
+            "ledger": ledger,
             "prepare": prepare,
             "flip_x": flip_x,
             "flip_y": flip_y,
@@ -109,8 +116,18 @@ class Client:
         self._portal: BlockingPortal = self._portal_cm.__enter__()
         try:
             self._async: AsyncClient = self._portal.call(_make_client, options)
+            if isinstance(ledger, AbstractAsyncContextManager):
+                # Entered and later exited by one task of the portal: a ledger that keeps its
+                # leases alive in a task group of its own needs exactly that.
+                cm = self._portal.wrap_async_context_manager(ledger)
+                cm.__enter__()
+                self._ledger_cm = cm
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            try:
+                with contextlib.suppress(Exception):  # the error that stopped the build wins
+                    self._portal.call(self._aclose)
+            finally:
+                self._portal_cm.__exit__(None, None, None)
             raise
         self._closed = False
 
@@ -149,6 +166,8 @@ class Client:
         view._closed = False
         view._pid = self._pid
         view._limiter = None
+        view._ledger = None
+        view._ledger_cm = None
         view._root = self._root or self
         view._portal_cm = self._portal_cm
         view._portal = self._portal
@@ -159,7 +178,7 @@ class Client:
         return view
 
     def close(self) -> None:
-        """Close the client (and the limiter given to it) and stop its event-loop thread.
+        """Close the client (and the limiter and ledger given to it); stop its event-loop thread.
 
         Idempotent; in a forked child it only marks the client closed. On a view from
         :meth:`with_options` it does nothing: the client it came from owns the loop.
@@ -170,17 +189,27 @@ class Client:
         if self._pid != os.getpid():
             return  # the loop thread is in the parent; nothing here to stop
         try:
-            self._portal.call(self._aclose)
+            try:
+                self._portal.call(self._aclose)
+            finally:
+                if self._ledger_cm is not None:
+                    self._ledger_cm.__exit__(None, None, None)
         finally:
             self._portal_cm.__exit__(None, None, None)
 
     async def _aclose(self) -> None:
         try:
-            await self._async.aclose()
+            inner = getattr(self, "_async", None)
+            if inner is not None:
+                await inner.aclose()
         finally:
-            closer = getattr(self._limiter, "aclose", None)
-            if closer is not None:
-                await closer()
+            owned: list[object] = [self._limiter]
+            if self._ledger_cm is None:  # a ledger entered above is closed by leaving it
+                owned.append(self._ledger)
+            for resource in owned:
+                closer = getattr(resource, "aclose", None)
+                if closer is not None:
+                    await closer()
 
     def _check(self) -> None:
         if self._pid != os.getpid():
@@ -203,7 +232,7 @@ class Client:
         return self._async.prepare_options
 
     @property
-    def credits(self) -> CreditLedger:
+    def credits(self) -> Ledger:
         """The live credit ledger (see :attr:`AsyncClient.credits`)."""
         return self._async.credits
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .._version import __version__
 
 if TYPE_CHECKING:
-    from .credits import CreditLedger
+    from .credits import Ledger
 
 __all__ = ["ImageSpan", "Telemetry"]
 
@@ -88,7 +88,7 @@ class Telemetry:
         self,
         *,
         host: str,
-        ledger: CreditLedger,
+        ledger: Ledger,
         tracer_provider: Any = None,
         meter_provider: Any = None,
     ) -> None:
@@ -180,9 +180,7 @@ class Telemetry:
         self._attempts.add(1, labels)
 
 
-def _balance_callback(
-    ledger: weakref.ref[CreditLedger], host: str
-) -> Callable[[Any], Iterator[Any]]:
+def _balance_callback(ledger: weakref.ref[Ledger], host: str) -> Callable[[Any], Iterator[Any]]:
     def observe(options: Any) -> Iterator[Any]:
         from opentelemetry.metrics import Observation
 

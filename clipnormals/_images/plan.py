@@ -21,7 +21,7 @@ __all__ = ["LOSSY_SOURCES", "Plan", "PrepareOptions", "plan_upload"]
 
 @dataclass(frozen=True, slots=True)
 class PrepareOptions:
-    """How :func:`~clipnormals.prepare_image` treats images the API would refuse as they are.
+    """How :func:`~clipnormals.images.prepare_image` treats images the API would refuse as they are.
 
     Attributes:
         strict: raise :class:`InvalidImageError` instead of downscaling or of re-encoding lossily

@@ -1,7 +1,11 @@
-"""Sharing one key's quota between processes and machines through Redis (the ``redis`` extra).
+"""Sharing one key's quota, credits and work between processes and machines through Redis (the
+``redis`` extra).
 
-Owns :class:`RedisLimiter` (``limiter``). Users import it from :mod:`clipnormals.redis`.
+Owns :class:`RedisLimiter` (``limiter``: one quota), :class:`RedisLedger` (``ledger``: one
+credit balance and budget; its Lua script in ``ledger_script``), :class:`RedisClaims`
+(``claims``: each image uploaded once), the leases they share and their connection
+(``connection``, the only importer of redis-py). Users import them from :mod:`clipnormals.redis`.
 
-May import: the client core's limiter interface (``clipnormals._core.limiter``) and
-``clipnormals._errors``.
+May import: the client core's limiter and credit interfaces (``clipnormals._core.limiter``,
+``clipnormals._core.credits``) and ``clipnormals._errors``.
 """

@@ -51,37 +51,28 @@ Keys: ``clipnormals:{name}:tat``, ``clipnormals:{name}:cooldown``, ``clipnormals
 Each expires about a second after the time it holds has passed, when it no longer says anything;
 an idle quota leaves nothing behind. The braces make the three keys one Redis Cluster hash slot.
 
-Only this module imports redis (the ``redis`` extra); users import it from ``clipnormals.redis``.
+The connection (owned or borrowed, one process, one event loop, errors without the password) is
+``connection``'s; users import the limiter from ``clipnormals.redis``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import os
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import anyio
 import anyio.lowlevel
 
 from .._core.limiter import RateLimit
-from .._errors import ClientClosedError, ClipnormalsError
-
-try:
-    import redis.asyncio as aioredis
-    from redis.exceptions import RedisError
-except ImportError as exc:
-    raise ImportError(
-        "clipnormals.redis needs the redis package: pip install 'clipnormals[redis]'"
-    ) from exc
+from .._errors import ClipnormalsError
+from .connection import RedisConnection, aioredis, check_name
 
 __all__ = ["RedisLimiter"]
 
 logger = logging.getLogger("clipnormals")
 
-_DEFAULT_URL: Final = "redis://localhost:6379/0"
 _HORIZON_MIN_SPACINGS: Final = 4
 _US: Final = 1_000_000
 
@@ -187,19 +178,13 @@ class RedisLimiter:
 
     __slots__ = (
         "_allowance",
+        "_conn",
         "_emission",
         "_horizon",
         "_keys",
-        "_loop",
         "_name",
-        "_owned",
-        "_pid",
-        "_redis",
         "_script",
-        "_secret",
-        "_timeout",
         "_tolerance",
-        "_where",
         "rate_limit",
     )
 
@@ -214,30 +199,10 @@ class RedisLimiter:
     ) -> None:
         if not isinstance(rate_limit, RateLimit):
             raise TypeError("rate_limit must be a clipnormals.RateLimit")
-        if not (isinstance(name, str) and name.isprintable() and name) or {"{", "}"} & set(name):
-            raise ValueError("name must be a non-empty printable string without '{' or '}'")
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError("timeout must be a positive number of seconds")
-        if redis is not None and url is not None:
-            raise ValueError("pass either redis= or url=, not both")
+        self._name = check_name(name)
         self.rate_limit = rate_limit
-        self._pid = os.getpid()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._name = name
-        self._timeout = float(timeout)
-        self._owned = redis is None
-        if redis is None:
-            redis = aioredis.Redis.from_url(
-                url or _DEFAULT_URL,
-                socket_connect_timeout=self._timeout,
-                socket_timeout=self._timeout,
-            )
-        self._redis = redis
-        kwargs = redis.connection_pool.connection_kwargs
-        self._where = _describe(kwargs)
-        password = kwargs.get("password")
-        self._secret = str(password) if password else None
-        self._script = redis.register_script(_SCRIPT)
+        self._conn = RedisConnection(kind="RedisLimiter", redis=redis, url=url, timeout=timeout)
+        self._script = self._conn.script(_SCRIPT)
         self._keys = tuple(f"clipnormals:{{{name}}}:{k}" for k in ("tat", "cooldown", "returned"))
         # Rounded in the safe direction: spacing up, tolerance down.
         self._emission = math.ceil(_US / rate_limit.rate)
@@ -248,7 +213,7 @@ class RedisLimiter:
 
     def __repr__(self) -> str:
         return (
-            f"RedisLimiter(name={self._name!r}, server={self._where!r}, "
+            f"RedisLimiter(name={self._name!r}, server={self._conn.where!r}, "
             f"rate_limit={self.rate_limit!r})"
         )
 
@@ -274,13 +239,7 @@ class RedisLimiter:
         In a forked child, or from another event loop, it only lets go of the connections:
         they belong to the parent, or to a loop that is gone.
         """
-        if not self._owned:
-            return
-        if self._pid != os.getpid() or (
-            self._loop is not None and self._loop is not asyncio.get_running_loop()
-        ):
-            return
-        await self._redis.aclose()
+        await self._conn.aclose()
 
     async def acquire(self) -> float:
         """Wait until one request may start: for the cooldown, then for a slot on the schedule;
@@ -363,47 +322,8 @@ class RedisLimiter:
             except ClipnormalsError as exc:
                 logger.debug("could not give a rate-limit slot back: %s", exc.message)
 
-    def _check_usable(self) -> None:
-        """Its connections belong to one process and one event loop: say so before any I/O."""
-        if self._pid != os.getpid():
-            raise ClientClosedError(
-                f"this RedisLimiter was created in process {self._pid}, and this is process "
-                f"{os.getpid()} (a fork): its connections stayed with the parent. Create one "
-                "limiter per process, after the fork"
-            )
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
-            raise ClientClosedError(
-                "this RedisLimiter's connections belong to the event loop it was first used in; "
-                "create one limiter per event loop (with the same name to share the quota)"
-            )
-
     async def _run(self, op: str, *operands: int) -> list[int]:
         """Run one operation of the script; Redis failures become ClipnormalsError."""
-        self._check_usable()
         args: list[str | int] = [op, self._emission, self._tolerance, *operands]
-        try:
-            with anyio.fail_after(self._timeout):
-                reply: Any = await self._script(keys=self._keys, args=args)
-        except TimeoutError as exc:
-            raise ClipnormalsError(
-                f"Redis at {self._where} did not answer within {self._timeout:g} s"
-            ) from exc
-        except RedisError as exc:
-            raise ClipnormalsError(
-                self._scrub(f"Redis at {self._where} failed: {type(exc).__name__}: {exc}")
-            ) from exc
+        reply = await self._conn.run(self._script, list(self._keys), args)
         return [int(v) for v in reply]
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
-
-
-def _describe(kwargs: dict[str, Any]) -> str:
-    """host:port/db (or the socket path): where the server is, without any credential."""
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix:{kwargs['path']}?db={db}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"

@@ -34,7 +34,7 @@ async def typed_usage(paths: list[str]) -> None:
                 error: clipnormals.ClipnormalsError | None = item.error
                 del error
             del source
-        ledger: clipnormals.CreditLedger = client.credits
+        ledger: clipnormals.Ledger = client.credits
         left: int | None = ledger.remaining
         stats: clipnormals.ClientStats = client.stats
         rpm: float | None = stats.requests_per_minute
@@ -62,3 +62,24 @@ async def typed_tagged_map(jobs: list[tuple[str, bytes]]) -> None:
         async for item in it:
             tag: str = item.source[0]
             del tag
+
+
+async def typed_shared_key(url: str) -> None:
+    from clipnormals.redis import Claim, RedisClaims, RedisLedger, RedisLimiter
+
+    rl = clipnormals.RateLimit(requests=60, per=60.0)
+    policy = clipnormals.CreditPolicy(budget=500)
+    async with (
+        RedisLimiter(rl, url=url, name="k") as limiter,
+        RedisLedger(policy, url=url, name="k", lease=30.0) as ledger,
+        RedisClaims(url=url, name="k") as claims,
+        clipnormals.AsyncClient(rate_limit=rl, limiter=limiter, ledger=ledger) as client,
+    ):
+        shared: clipnormals.Ledger = client.credits
+        claim: Claim = await claims.claim("sha256")
+        taken: bool = claim.taken_over
+        left: int | None = shared.remaining
+        del taken, left
+    with clipnormals.Client(ledger=RedisLedger(url=url)) as blocking:
+        uncertain: int = blocking.credits.uncertain
+        del uncertain
