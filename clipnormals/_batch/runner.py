@@ -35,6 +35,7 @@ an abort cut off in flight), or was already done.
 from __future__ import annotations
 
 import operator
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -164,6 +165,8 @@ class _Runner:
             else anyio.CapacityLimiter(max(config.threads, client.max_concurrency))
         )
         self.known_folders: set[Path] = set()  # folders known to exist (ensure_folder's cache)
+        self.writing = 0  # worker threads writing an upload's outputs, not yet committing
+        self.writing_lock = threading.Lock()
         self.writer = ManifestWriter(config.manifest_path)
         self.progress = BatchProgress(rate_limit=client.rate_limit)
         self.failures: Counter[str] = Counter()
@@ -614,16 +617,22 @@ class _Runner:
 
         One hop to a thread per upload: every hop, and every system call a thread makes, is a
         chance for the thread to take the interpreter lock from the event loop."""
-        content, folders = write_fresh(
-            self.config,
-            jpeg,
-            geometry,
-            job.pending,
-            source_sha256=job.sha256,
-            credits=credits,
-            done_at=records.now,
-            known=self.known_folders,
-        )
+        with self.writing_lock:
+            self.writing += 1
+        try:
+            content, folders = write_fresh(
+                self.config,
+                jpeg,
+                geometry,
+                job.pending,
+                source_sha256=job.sha256,
+                credits=credits,
+                done_at=records.now,
+                known=self.known_folders,
+            )
+        finally:
+            with self.writing_lock:
+                self.writing -= 1
         done = records.done(
             job,
             content,
@@ -641,11 +650,14 @@ class _Runner:
         return _Entry(done, job, len(job.pending) - 1)
 
     def _more_coming(self, queued: int) -> bool:
-        """Called from the committing thread: True while uploads in flight outnumber the
-        records queued for the commit (some answer is still on its way) and the group is
-        smaller than the client's concurrency."""
+        """Called from the committing thread: True while some answer in flight may still join
+        the commit: uploads in flight outnumber the records queued, the group is smaller than
+        the client's concurrency, and another writer is at work or a write thread is free for
+        one (with every thread taken by committers, none could join)."""
         in_flight = self.handed - self.handed_settled
-        return queued < in_flight and queued < self.slots_total
+        if queued >= min(in_flight, self.slots_total):
+            return False
+        return self.writing > 0 or self.write_threads.available_tokens > 0
 
     async def _settle_error(self, job: Job, error: ClipnormalsError, *, attempts: int) -> None:
         stats = self.client.stats
