@@ -84,10 +84,14 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _sources(inputs: Path) -> list[Path]:
+    return sorted(p for p in inputs.iterdir() if p.is_file())
+
+
 async def _floor(inputs: Path, out: Path, url: str, concurrency: int) -> int:
     import httpx
 
-    paths = iter(sorted(p for p in inputs.iterdir() if p.is_file()))
+    paths = iter(await asyncio.to_thread(_sources, inputs))
     done = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:

@@ -31,6 +31,7 @@ from clipnormals import (
     PrepareOptions,
     RateLimit,
 )
+from clipnormals._batch import runner as runner_module
 from clipnormals._batch.manifest import RecordStatus, read_manifest
 from clipnormals._batch.outcomes import (
     RULES,
@@ -41,7 +42,6 @@ from clipnormals._batch.outcomes import (
     exit_code_table,
 )
 from clipnormals._batch.progress import PaceMeter, estimate_seconds, quota_seconds
-from clipnormals._batch import runner as runner_module
 from clipnormals._batch.runner import run_batch
 from clipnormals._core.credits import CreditLedger
 from clipnormals.batch import (
