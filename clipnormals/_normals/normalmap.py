@@ -24,6 +24,7 @@ from .._atomic import atomic_write_bytes
 from .._errors import InvalidImageError
 from .export import ExportFormat, format_for_path, npy_bytes, npz_bytes, png16_bytes
 from .mask import person_mask
+from .pixels import rgb_array
 from .relight import ImageT, relight_image
 from .render import CLAY_AMBIENT, CLAY_LIGHTS, preview_image, shaded_image
 from .vectors import (
@@ -480,37 +481,6 @@ def _decode(data: bytes) -> NDArray[np.uint8]:
         with Image.open(io.BytesIO(data)) as image:
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             rgb.load()
-            return _pixels(rgb)
+            return rgb_array(rgb)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(f"the normal map could not be decoded: {exc}") from exc
-
-
-def _pixels(image: Image.Image) -> NDArray[np.uint8]:
-    """An RGB image's pixels as uint8 (H, W, 3), unpacked straight into the array.
-
-    ``np.asarray(image)`` goes through ``tobytes()``, which keeps every unpacked chunk and
-    then joins them: two more copies of the array at the peak, and the join writes into fresh
-    pages. Here Pillow's raw encoder (what ``tobytes`` runs) hands over one chunk at a time,
-    copied into place; the same bytes, in less memory and time.
-    """
-    width, height = image.size
-    out = np.empty((height, width, 3), dtype=np.uint8)
-    flat = out.reshape(-1)
-    try:
-        encoder = Image._getencoder("RGB", "raw", "RGB")
-    except AttributeError:  # pragma: no cover - a Pillow without it: the plain way
-        return np.asarray(image, dtype=np.uint8)
-    errcode = 0
-    filled = 0
-    try:
-        encoder.setimage(image.im, (0, 0, width, height))
-        chunk_size = max(1 << 16, width * 4)  # as tobytes asks (see Pillow's RawEncode.c)
-        while not errcode:
-            _, errcode, chunk = encoder.encode(chunk_size)
-            flat[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-            filled += len(chunk)
-    finally:
-        encoder.cleanup()
-    if errcode < 0 or filled != flat.size:
-        raise ValueError(f"unpacking the pixels failed (encoder error {errcode})")
-    return out
