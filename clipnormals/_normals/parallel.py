@@ -6,13 +6,16 @@ the same numbers it would give in one pass (the work here is row-local or combin
 afterwards), so results do not depend on how many threads run.
 
 The threads come from one small pool per process, made on first use (never at import) and made
-anew in a forked child. The calling thread takes a block itself, so ``n`` blocks need ``n - 1``
-pool threads. An image smaller than :data:`MIN_BLOCK_PIXELS` per block stays in the calling
-thread: handing it over would cost more than it saves.
+anew in a forked child. Blocks are handed out one at a time, a few per core: the calling
+thread works through them too, and a pool thread that the system does not schedule in time
+(a busy machine) simply finds none left, so the call never waits for a thread that has not
+started: at worst it runs at one thread's speed. An image smaller than :data:`MIN_BLOCK_PIXELS`
+per block stays in the calling thread: handing it over would cost more than it saves.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +27,7 @@ __all__ = ["MIN_BLOCK_PIXELS", "cores", "in_blocks", "row_blocks"]
 #: The fewest pixels worth a block of its own (about 0.2 ms of numpy work).
 MIN_BLOCK_PIXELS = 1 << 17
 _MAX_THREADS = 4
+_BLOCKS_PER_CORE = 4
 
 _T = TypeVar("_T")
 _lock = threading.Lock()
@@ -43,7 +47,7 @@ def cores() -> int:
 def row_blocks(
     height: int, width: int, *, min_pixels: int = MIN_BLOCK_PIXELS, align: int = 1
 ) -> list[tuple[int, int]]:
-    """Split ``height`` rows into at most :func:`cores` blocks of at least ``min_pixels``.
+    """Split ``height`` rows into a few blocks per core, of at least ``min_pixels`` each.
 
     Returns ``(top, bottom)`` pairs covering ``0..height`` in order; block edges fall on
     multiples of ``align`` rows.
@@ -51,10 +55,13 @@ def row_blocks(
     Example:
         >>> row_blocks(10, 10)
         [(0, 10)]
-        >>> len(row_blocks(4000, 3000)) == cores()
+        >>> len(row_blocks(4000, 3000)) == (1 if cores() == 1 else 4 * cores())
         True
     """
-    parts = max(1, min(cores(), (height * width) // max(min_pixels, 1)))
+    threads = cores()
+    if threads == 1:
+        return [(0, height)]
+    parts = max(1, min(_BLOCKS_PER_CORE * threads, (height * width) // max(min_pixels, 1)))
     if parts == 1 or height < 2 * align:
         return [(0, height)]
     step = -(-height // parts)
@@ -74,10 +81,10 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def in_blocks(work: Callable[[int, int], _T], blocks: Sequence[tuple[int, int]]) -> list[_T]:
-    """``[work(top, bottom) for top, bottom in blocks]``, the blocks run at the same time.
+    """``[work(top, bottom) for top, bottom in blocks]``, blocks run by several threads at once.
 
     ``work`` must not itself wait on this pool. The first error raised is raised here, once
-    every block has finished.
+    every block that started has finished.
 
     Example:
         >>> in_blocks(lambda top, bottom: bottom - top, [(0, 3), (3, 5)])
@@ -85,11 +92,27 @@ def in_blocks(work: Callable[[int, int], _T], blocks: Sequence[tuple[int, int]])
     """
     if len(blocks) <= 1:
         return [work(top, bottom) for top, bottom in blocks]
+    results: list[_T | None] = [None] * len(blocks)
+    errors: list[BaseException] = []
+    taken = itertools.count()  # next() is atomic: each block is taken once
+
+    def drain() -> None:
+        while True:
+            i = next(taken)
+            if i >= len(blocks) or errors:
+                return
+            try:
+                results[i] = work(*blocks[i])
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
     pool = _executor()
-    futures: list[Future[_T]] = [pool.submit(work, top, bottom) for top, bottom in blocks[1:]]
-    try:
-        first = work(*blocks[0])
-    finally:
-        for f in futures:
-            f.exception()  # waits: no block outlives the call, even when one failed
-    return [first, *(f.result() for f in futures)]
+    helpers: list[Future[None]] = [pool.submit(drain) for _ in range(min(cores(), len(blocks)) - 1)]
+    drain()
+    for helper in helpers:
+        if not helper.cancel():  # started: let it finish the block it holds
+            helper.result()
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]
