@@ -18,7 +18,16 @@ timed both ways, alternating so that a busy machine slows both alike:
 Peak memory is measured in a fresh child process per size: the growth of the peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs``) during a bare decode, and during
 ``NormalMap(jpeg)`` + ``.normals`` + ``.mask``, in units of the RGB array (H x W x 3 bytes).
-What a NormalMap keeps (rgb, float32 normals, bool mask) is itself 1 + 4 + 1/3 of that.
+What a NormalMap keeps (rgb, float32 normals, bool mask) is itself 1 + 4 + 1/3 of that: the
+floor. Each peak is taken twice: as the process runs by default, and with glibc's
+``MALLOC_MMAP_THRESHOLD_=131072`` in the child's environment, which makes the C allocator give
+every large block back to the system when it is freed (by default it keeps blocks below a
+threshold that grows up to 32 MiB, so the pages of Pillow's decoding buffer stay resident
+after Pillow frees them, and count in the peak).
+
+Every figure is the median of interleaved rounds; the machine's load average is recorded.
+Normals, mask and relighting split their work over up to :func:`clipnormals._normals.parallel.
+cores` threads (the JSON says how many).
 
 The medians are printed as a table and written to ``benchmarks/results/decode.json``.
 """
@@ -45,6 +54,7 @@ import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clipnormals import DirectionalLight, NormalMap  # noqa: E402
+from clipnormals._normals.parallel import cores  # noqa: E402
 from tests.synthetic import portrait  # noqa: E402
 
 DEFAULT_SIZES = (1.0, 4.0, 12.0, 25.0)
@@ -112,18 +122,21 @@ def _peak_growth(action: str, data: bytes) -> int:
 
 
 def peak_memory(megapixels: float) -> dict[str, float]:
-    """Peak growth of each action, in RGB arrays, each in a fresh child process."""
+    """Peak growth of each action, in RGB arrays, each in a fresh child process; the
+    ``returned`` ones with freed blocks given back to the system at once (see above)."""
     width, height = portrait_size(megapixels)
     rgb_bytes = width * height * 3
     out: dict[str, float] = {}
-    for action in ("pillow", "normals+mask"):
-        child = subprocess.run(
-            [sys.executable, __file__, "--peak-child", action, str(megapixels)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        out[action] = round(int(child.stdout.strip()) / rgb_bytes, 2)
+    for suffix, extra in (("", {}), (" returned", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+        for action in ("pillow", "normals+mask"):
+            child = subprocess.run(
+                [sys.executable, __file__, "--peak-child", action, str(megapixels)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, **extra},
+            )
+            out[action + suffix] = round(int(child.stdout.strip()) / rgb_bytes, 2)
     return out
 
 
@@ -135,8 +148,9 @@ def _peak_child(action: str, megapixels: float) -> None:
     print(_peak_growth(action, data))
 
 
-def relight_ms(data: bytes, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of a bare decode and of a relight, interleaved."""
+def relight_ms(data: bytes, repeats: int) -> tuple[float, float, float]:
+    """Median seconds of a bare decode and of a relight, interleaved, and the median of each
+    round's ratio."""
     nm = NormalMap(data)
     width, height = nm.size
     rng = np.random.default_rng(0)
@@ -150,7 +164,8 @@ def relight_ms(data: bytes, repeats: int) -> tuple[float, float]:
         start = time.perf_counter()
         nm.relight(photo, light=KEY_LIGHT, ambient=0.2)
         lit.append(time.perf_counter() - start)
-    return statistics.median(base), statistics.median(lit)
+    ratio = statistics.median(x / b for x, b in zip(lit, base, strict=True))
+    return statistics.median(base), statistics.median(lit), ratio
 
 
 def run(megapixels: float, repeats: int, relight: bool) -> dict[str, object]:
@@ -165,13 +180,16 @@ def run(megapixels: float, repeats: int, relight: bool) -> dict[str, object]:
         parts.append(normals_and_mask(data))
     pillow_s = statistics.median(base)
     ours_s = statistics.median(sum(p) for p in parts)
+    # Each round's own ratio (its two runs next to each other), then their median: steadier
+    # than a ratio of medians when other jobs come and go on the machine.
+    ratio = statistics.median(sum(p) / b for p, b in zip(parts, base, strict=True))
     extra: dict[str, object] = {"peak_in_rgb_arrays": peak_memory(megapixels)}
     if relight:
-        relight_base, relight_s = relight_ms(data, repeats)
+        relight_base, relight_s, relight_ratio = relight_ms(data, repeats)
         extra["relight"] = {
             "pillow_decode_s": round(relight_base, 4),
             "relight_s": round(relight_s, 4),
-            "ratio": round(relight_s / relight_base, 2),
+            "ratio": round(relight_ratio, 2),
         }
     return {
         **extra,
@@ -185,7 +203,8 @@ def run(megapixels: float, repeats: int, relight: bool) -> dict[str, object]:
             name: round(statistics.median(p[i] for p in parts), 4)
             for i, name in enumerate(("decode", "normals", "mask"))
         },
-        "ratio": round(ours_s / pillow_s, 2),
+        "ratio": round(ratio, 2),
+        "ratio_of_medians": round(ours_s / pillow_s, 2),
         "normals_mask_ms_per_mp": round(1000 * ours_s / (width * height / 1e6), 1),
     }
 
@@ -209,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "--relight-sizes", type=float, nargs="*", default=list(RELIGHT_SIZES), metavar="MP"
     )
     parser.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=None, help="default: 15, 7 or 5 by size")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 31, 21, 9 or 7 by size")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/decode.json")
     args = parser.parse_args(argv)
     if args.peak_child:
@@ -218,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(
         f"{'size':>12} {'MP':>6} {'pillow':>9} {'normals+mask':>13} {'ratio':>6} {'ms/MP':>6}"
-        f" {'peak: pillow':>13} {'normals+mask':>13}"
+        f" {'peak: pillow':>13} {'normals+mask':>13} {'(returned)':>11}"
     )
     for mp in args.sizes:
-        repeats = args.repeats or (15 if mp <= 1 else 7 if mp <= 4 else 5)
+        repeats = args.repeats or (31 if mp <= 1 else 21 if mp <= 4 else 9 if mp <= 12 else 7)
         row = run(mp, repeats, mp in args.relight_sizes)
         rows.append(row)
         size = row["size"]
@@ -232,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{size[0]:>5}x{size[1]:<6} {row['megapixels']:>6} {row['pillow_decode_s']:>8.3f}s"
             f" {row['normals_mask_s']:>12.3f}s {row['ratio']:>5}x"
             f" {row['normals_mask_ms_per_mp']:>6} {peak['pillow']:>12}x"
-            f" {peak['normals+mask']:>12}x"
+            f" {peak['normals+mask']:>12}x {peak['normals+mask returned']:>10}x"
         )
     for row in rows:
         relit = row.get("relight")
@@ -243,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     report = {
         "benchmark": "decode",
+        "command": " ".join(["python benchmarks/decode.py", *(argv or sys.argv[1:])]),
+        "load_average": os.getloadavg(),
+        "threads": cores(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "pillow": PIL.__version__,

@@ -11,6 +11,8 @@ machine can do, which keeps no per-request history); the client's limiter is set
 - ``batch``: the images are written to a temporary folder first (by this parent process), then
   the child runs the batch runner over it with default options: hashing, manifest, one normal
   map JPEG written per image.
+- ``dryrun``: ``clipnormals.batch.dry_run`` over the same folder with the same client: it finds,
+  hashes and prepares every image and sends nothing. Its peak should not exceed the run's.
 
 Reported per run: the peak, the resident set just before the run started (interpreter, imports,
 emulator), their difference, and the growth from the smallest to the largest run per 1,000
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, machine, peak_rss_mib, shown, small_png, write_json
 
 KEY = "bench-memory"
-MODES = ("map", "batch")
+MODES = ("map", "batch", "dryrun")
 # "Flat": the largest run's peak within this fraction of the smallest run's.
 FLAT_TOLERANCE = 0.05
 
@@ -109,12 +111,31 @@ async def child_batch(n: int, folder: Path) -> dict[str, Any]:
     return {"done": summary.done, "seconds": seconds, "rss_before_mib": before}
 
 
+async def child_dryrun(n: int, folder: Path) -> dict[str, Any]:
+    import clipnormals.batch
+
+    with tempfile.TemporaryDirectory(prefix="clipnormals-bench-out-") as out:
+        async with in_process_client() as client:
+            async for item in client.map(images(1)):
+                item.unwrap()
+            before = rss_mib()
+            started = time.perf_counter()
+            report = await clipnormals.batch.dry_run(
+                clipnormals.batch.BatchConfig(inputs=[folder], output_dir=Path(out)), client=client
+            )
+            seconds = time.perf_counter() - started
+    return {"done": report.to_send, "seconds": seconds, "rss_before_mib": before}
+
+
 def child(mode: str, n: int, folder: Path | None) -> None:
     if mode == "map":
         result = asyncio.run(child_map(n))
-    else:
+    elif mode == "batch":
         assert folder is not None
         result = asyncio.run(child_batch(n, folder))
+    else:
+        assert folder is not None
+        result = asyncio.run(child_dryrun(n, folder))
     result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))
 
@@ -159,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="clipnormals-bench-in-") as tmp:
         for mode in args.modes:
             for n in sizes:
-                folder = make_folder(n, Path(tmp)) if mode == "batch" else None
+                folder = None
+                if mode != "map":
+                    folder = Path(tmp, f"in-{n}")
+                    if not folder.exists():
+                        make_folder(n, Path(tmp))
                 r = measure(mode, n, folder)
                 r["images"] = n
                 r["growth_mib"] = r["peak_rss_mib"] - r["rss_before_mib"]
@@ -180,6 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{kib_per_image:.2f} KiB per extra image: {'flat' if flat else 'NOT flat'} "
             f"(flat: within {FLAT_TOLERANCE:.0%})"
         )
+    if "batch" in results and "dryrun" in results:
+        for run, dry in zip(results["batch"], results["dryrun"], strict=True):
+            ratio = dry["peak_rss_mib"] / run["peak_rss_mib"]
+            growth = dry["growth_mib"] / max(run["growth_mib"], 0.1)
+            verdicts.append(
+                f"dry run at {run['images']} images: peak {dry['peak_rss_mib']:.1f} MiB, "
+                f"{ratio:.2f}x the run's {run['peak_rss_mib']:.1f} MiB (growth "
+                f"{dry['growth_mib']:.1f} vs {run['growth_mib']:.1f} MiB: {growth:.2f}x); "
+                f"target <= 1.00x"
+            )
     print("\n" + "\n".join(verdicts))
     report = {
         "benchmark": "memory",

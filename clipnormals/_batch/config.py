@@ -31,8 +31,10 @@ class BatchConfig:
         previews: also write ``<key>.preview.jpg`` (source, normal map and a relit view).
         contact_sheets: also write ``contact-sheets/sheet-NNN.jpg`` over the finished images.
         flip_x, flip_y: negate X / Y in the ``.npz`` and previews (the JPEG is never changed).
-        threads: worker threads for hashing sources and writing outputs (the client prepares
-            uploads in threads of its own).
+        threads: worker threads for hashing sources, for the CPU work of writing (``.npz``,
+            previews) and for reading and preparing uploads (in the client's threads). Plain
+            outputs, which wait on the disk rather than the CPU, are written by up to
+            ``max(threads, max_concurrency)`` threads: one per answer in hand.
         cwd: the directory relative inputs are taken from (default: the current one).
         workers: deprecated name of ``threads``.
         strict: deprecated: strictness is the client's option,

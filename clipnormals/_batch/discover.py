@@ -29,6 +29,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, cast
 
 from .._images.formats import sniff
 from .errors import BatchInputError
@@ -37,11 +38,13 @@ __all__ = [
     "Discovery",
     "InputFile",
     "NotRegularFileError",
+    "RegularFile",
     "discover",
     "file_digest",
     "hash_file",
     "looks_like_image",
     "open_regular",
+    "read_regular",
     "sniff_image_format",
 ]
 
@@ -102,6 +105,68 @@ def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The whole content of a regular file; :class:`NotRegularFileError` for anything else.
+
+    What :func:`open_regular` then ``read()`` would give, in about half the system calls
+    (open, fstat, read until the end, close; no buffered file object), which counts when
+    thousands of small files are read from worker threads.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = Path(d, "x"); _ = p.write_bytes(b"abc"); read_regular(p)
+        b'abc'
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(errno.EINVAL, f"{_kind(info.st_mode)}, not a regular file")
+        # O_NONBLOCK has no effect on a regular file's reads.
+        chunks = [os.read(fd, info.st_size + 1)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, max(info.st_size, 1 << 16)))
+        return b"".join(chunks) if len(chunks) > 2 else chunks[0]
+    finally:
+        os.close(fd)
+
+
+class RegularFile:
+    """A source file that :func:`read_regular` reads when asked: a binary file object to hand
+    to :meth:`AsyncClient.prepare`, so that the reading happens in the thread that prepares.
+
+    Attributes:
+        name: the path; error: the ``OSError`` reading raised, if any (the caller may report
+            it as such, whatever the preparation wraps it in).
+
+    Example:
+        >>> RegularFile("/no/such/file").read()
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: [Errno 2] No such file or directory: '/no/such/file'
+    """
+
+    __slots__ = ("error", "name")
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        self.error: OSError | None = None
+
+    def read(self) -> bytes:
+        """The file's bytes (:func:`read_regular`); the error is kept before it is raised."""
+        try:
+            return read_regular(self.name)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def as_source(self) -> BinaryIO:
+        """This object typed as the binary file the client takes (it reads any object with
+        a ``read()`` method and a ``name``)."""
+        return cast("BinaryIO", self)
 
 
 def sniff_image_format(head: bytes) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -28,9 +28,9 @@ import anyio.to_thread
 from .._core.client import AsyncClient
 from .._core.config import DEFAULT_BASE_URL
 from .._core.limiter import RateLimit
-from .._errors import ClipnormalsError, InvalidImageError
+from .._errors import InvalidImageError
 from .config import BatchConfig
-from .discover import open_regular
+from .discover import RegularFile
 from .folder import check_output_folder
 from .jobs import Job
 from .manifest import ManifestState
@@ -162,7 +162,6 @@ async def _dry_run(
     invalid: list[tuple[str, str]] = [(r.source, r.error or "") for r in plan.unreadable]
     actions: list[tuple[str, str]] = [(r.source, "invalid") for r in plan.unreadable]
     changes: Counter[str] = Counter()
-    limiter = anyio.CapacityLimiter(config.threads)
     valid = 0
     checked = 0
     sends = plan.sends
@@ -175,16 +174,17 @@ async def _dry_run(
     async def check(job: Job) -> None:
         nonlocal valid, checked, copies
         primary = job.primary
+        source = RegularFile(primary.file.fspath)  # read in the thread that prepares it
         try:
-            data = await anyio.to_thread.run_sync(_read, primary.file.fspath, limiter=limiter)
-            prepared = await client.prepare(data, name=primary.key)
+            prepared = await client.prepare(source.as_source(), name=primary.key)
             if config.strict and "downscaled" in prepared.changes:
                 raise InvalidImageError(
                     f"'{primary.key}' is over the API's pixel limit (BatchConfig.strict "
                     "refuses to downscale)"
                 )
-        except (InvalidImageError, OSError) as exc:
-            reason = exc.message if isinstance(exc, ClipnormalsError) else f"cannot read: {exc}"
+        except InvalidImageError as exc:
+            error = source.error
+            reason = exc.message if error is None else f"cannot read: {error}"
             invalid.extend((m.key, reason) for m in job.pending)
             actions.extend((m.key, "invalid") for m in job.pending)
         else:
@@ -197,10 +197,17 @@ async def _dry_run(
         if checked % 50 == 0:
             say(f"checked {checked}/{len(sends)} images")
 
+    async def worker(jobs: Iterator[Job]) -> None:
+        for job in jobs:
+            await check(job)
+
     started = anyio.current_time()
+    # A few workers pulling from one iterator, as a run prepares: memory stays that of a few
+    # images, never one task (and one read file) per image.
+    jobs = iter(sends)
     async with anyio.create_task_group() as tg:
-        for job in sends:
-            tg.start_soon(check, job)
+        for _ in range(config.threads):
+            tg.start_soon(worker, jobs)
     prepare_pace = (anyio.current_time() - started) / valid if valid else None
     ledger = client.credits
     policy = ledger.policy
@@ -255,8 +262,3 @@ def _history_pace(state: ManifestState, concurrency: int) -> float | None:
 def _slowest(*paces: float | None) -> float | None:
     known = [p for p in paces if p is not None]
     return max(known) if known else None
-
-
-def _read(path: str) -> bytes:
-    with open_regular(path) as f:
-        return f.read()

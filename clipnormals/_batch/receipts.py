@@ -11,9 +11,11 @@ content, and adopts the output when it is there: the output is recorded ``done``
 bought again. Nothing else is ever adopted: an output whose hash has no
 receipt, or whose receipt names other content, is processed as usual.
 
-A receipt needs no flush of its own to be safe: it only ever vouches for the exact bytes its
-name hashes, so a receipt lost or torn by a power cut means "not adopted", never a wrong
-adoption.
+A receipt needs no flush of its own to be safe, nor a rename into place: it only ever vouches
+for the exact bytes its name hashes, is read only by a later run (the manifest's lock keeps two
+runs apart), and a receipt lost, cut short or left empty by a kill or a power cut is not JSON
+(any prefix of a JSON object is not one): that means "not adopted", never a wrong adoption. It
+is written with three system calls (open, write, close): a batch writes one per upload.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._atomic import TEMP_SUFFIX
+from .._atomic import ensure_folder, write_all
 from .jobs import RECEIPTS_DIR
 from .manifest import Geometry
 
@@ -60,8 +61,14 @@ def receipt_path(output_dir: Path, output_sha256: str, source_sha256: str) -> Pa
     return output_dir / RECEIPTS_DIR / output_sha256[:2] / name
 
 
-def write_receipt(output_dir: Path, receipt: Receipt) -> None:
-    """Write (atomically) the receipt of an output, before the output itself is written."""
+_OPEN = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_receipt(output_dir: Path, receipt: Receipt, *, known: set[Path] | None = None) -> None:
+    """Write the receipt of an output, before the output itself is written (not flushed, not
+    renamed into place: see above).
+
+    ``known``: folders known to exist (see :func:`clipnormals._atomic.ensure_folder`)."""
     data = {
         "version": _VERSION,
         "output_sha256": receipt.output_sha256,
@@ -73,16 +80,12 @@ def write_receipt(output_dir: Path, receipt: Receipt) -> None:
     }
     text = json.dumps(data, separators=(",", ":")) + "\n"
     path = receipt_path(output_dir, receipt.output_sha256, receipt.source_sha256)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Renamed into place so a reader never sees half of one; not flushed (see above).
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    ensure_folder(path.parent, known)
+    fd = os.open(path, _OPEN, 0o666)
     try:
-        tmp.write_bytes(text.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        write_all(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def read_receipt(output_dir: Path, output_sha256: str, source_sha256: str) -> Receipt | None:

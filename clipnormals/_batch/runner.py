@@ -6,11 +6,21 @@ was already paid for; then stream the rest through :meth:`AsyncClient.map`, each
 by :meth:`AsyncClient.prepare` a few images ahead. Each result is written atomically for every
 source with that content and only then recorded.
 
+Group commits: an answer's outputs are written (data flushed, then renamed into place) as soon
+as it arrives, in a worker thread, and in the same thread its records join the next commit
+(:meth:`ManifestWriter.commit`), which flushes every folder the group's outputs changed once,
+appends the group's records in one write and flushes the manifest once. One commit runs at a
+time; records that arrive meanwhile wait for the next one. So a record is on the disk only
+after its output is, whatever the instant of a kill or a power cut: the files are whole
+(renamed into place), the manifest's lines are whole but for a torn last one (which the reader
+skips), and every record names a durable output. The records are counted (and their uploads'
+slots given back) on the event loop once their commit is done.
+
 The kill -9 bound: at most ``client.max_concurrency`` uploads are handed to the client and not
 yet recorded. An upload's slot is taken when it is handed over and given back only once its
-record is in the manifest, so an answer already received is written before its slot takes a
-new request; a process killed at any instant has at most that many answers the server may have
-charged for and the manifest does not show.
+record is in the manifest (once the commit that carried it is done), so an answer already
+received is written before its slot takes a new request; a process killed at any instant has
+at most that many answers the server may have charged for and the manifest does not show.
 
 Stopping: :class:`BatchControl` ``stop()`` (first Ctrl-C), running out of credits, a refused
 key, a server that cannot be reached and an output that cannot be written all stop the same
@@ -24,12 +34,13 @@ an abort cut off in flight), or was already done.
 
 from __future__ import annotations
 
-import hashlib
 import operator
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -41,7 +52,7 @@ from .._errors import ClipnormalsError, InvalidImageError
 from .._images.prepare import PreparedImage
 from .config import BatchConfig
 from .control import BatchControl
-from .discover import open_regular
+from .discover import RegularFile
 from .events import (
     Aborting,
     Adopted,
@@ -53,19 +64,22 @@ from .events import (
     Stopping,
 )
 from .folder import check_output_folder, tidy_output_folder
-from .jobs import Job, JobState, Member
+from .jobs import Job, JobState
 from .manifest import Geometry, ManifestRecord, ManifestWriter, RecordStatus
 from .outcomes import STOPS, RunContext, StopReason, classify
 from .plan import BatchPlan, make_plan
 from .progress import BatchProgress, BatchSummary, PaceMeter, progress_fields
-from .receipts import Receipt
-from .records import Content, Records
+from .records import Records
 from .sheets import SheetEntry, write_contact_sheets
-from .writing import read_output, write_content
+from .writing import read_output, write_content, write_fresh
 
 __all__ = ["run_batch"]
 
 _TICK = 0.5
+# How long a commit waits for the answers still in flight to join it: one flush of the folders
+# and one of the manifest then serve several uploads. Bounds the extra time an upload's slot
+# is held after its outputs are written.
+_COMMIT_LINGER = 0.02
 _PREPARED_AHEAD = 2
 # What a record says about its source; a new record equal in these changes nothing.
 _MEANINGFUL = (
@@ -121,6 +135,15 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """Committed records, with what counting them changes."""
+
+    records: Sequence[ManifestRecord]  # to count and report
+    job: Job | None = None
+    copies: int = 0
+
+
 class _Runner:
     def __init__(
         self,
@@ -134,7 +157,16 @@ class _Runner:
         self.reporter = reporter
         self.control = control
         self.threads = anyio.CapacityLimiter(config.threads)
-        self.write_lock = anyio.Lock()
+        # Plain outputs wait on the disk, not the CPU: one thread per answer in hand. Extras
+        # (.npz, previews) are CPU work and share the run's threads.
+        self.write_threads = (
+            self.threads
+            if config.any_extras
+            else anyio.CapacityLimiter(max(config.threads, client.max_concurrency))
+        )
+        self.known_folders: set[Path] = set()  # folders known to exist (ensure_folder's cache)
+        self.writing = 0  # worker threads writing an upload's outputs, not yet committing
+        self.writing_lock = threading.Lock()
         self.writer = ManifestWriter(config.manifest_path)
         self.progress = BatchProgress(rate_limit=client.rate_limit)
         self.failures: Counter[str] = Counter()
@@ -145,6 +177,7 @@ class _Runner:
         self.handed = 0  # uploads handed to the client
         self.handed_settled = 0  # ... of which the records are written
         self.slots = anyio.Semaphore(client.max_concurrency)
+        self.slots_total = client.max_concurrency
         self.slot_waiters: set[anyio.CancelScope] = set()
         self.stopped: StopReason | None = None
         self.stop_detail = ""
@@ -200,7 +233,13 @@ class _Runner:
     async def _execute(self, plan: BatchPlan) -> None:
         await self._record(plan.unreadable)
         if plan.adopted:
-            await self._append(plan.adopted)
+            # Counted as skipped from the start; their folders are flushed first, as the run
+            # that wrote them may have been killed before it flushed them.
+            out = self.config.output_dir
+            folders = {(out / r.output).parent for r in plan.adopted if r.output}
+            await anyio.to_thread.run_sync(
+                partial(self.writer.commit, plan.adopted, folders=folders)
+            )
             self.reporter.phase(Adopted(len(plan.adopted)))
         async with anyio.create_task_group() as tg:
             for job in plan.jobs:
@@ -253,25 +292,37 @@ class _Runner:
 
     # -- records ---------------------------------------------------------------------------
 
-    async def _append(self, records: Sequence[ManifestRecord]) -> None:
-        async with self.write_lock:
-            await anyio.to_thread.run_sync(self.writer.append, records)
-
     async def _record(
-        self, records: Sequence[ManifestRecord], job: Job | None = None, *, copies: int = 0
+        self,
+        records: Sequence[ManifestRecord],
+        job: Job | None = None,
+        *,
+        copies: int = 0,
+        folders: Iterable[Path] = (),
     ) -> None:
-        """Append ``records``, then count them: the counts never run ahead of the manifest.
+        """Commit ``records`` (after flushing ``folders``), then count them: the counts never
+        run ahead of the manifest. Shielded: a record being committed is also counted.
 
         A record that says what the source's latest record already says (an image still
         invalid for the same reason, still not sent for the same reason) is counted but not
         appended: reruns append only what changed."""
         if not records:
             return
-        changed = [r for r in records if self._changes(r)]
-        if changed:
-            await self._append(changed)
-        # From here to the end, nothing awaits: the counts, the job's state and its slot
-        # change together, so every snapshot adds up.
+        with anyio.CancelScope(shield=True):
+            changed = [r for r in records if self._changes(r)]
+            folders = tuple(folders)
+            if changed or folders:
+                await anyio.to_thread.run_sync(
+                    partial(self.writer.commit, changed, folders=folders),
+                    limiter=self.write_threads,
+                )
+            self._count(_Entry(records, job, copies))
+
+    def _count(self, entry: _Entry) -> None:
+        """Count committed records, settle their job and give back its slot, then report."""
+        records, job = entry.records, entry.job
+        # Nothing awaits here: the counts, the job's state and its slot change together, so
+        # every snapshot adds up.
         if job is not None:
             if job.state is JobState.HANDED:
                 self.handed_settled += 1
@@ -288,7 +339,7 @@ class _Runner:
             p,
             done=p.done + counts[RecordStatus.DONE],
             uploaded=p.uploaded + uploaded,
-            copied=p.copied + copies,
+            copied=p.copied + entry.copies,
             failed=p.failed + counts[RecordStatus.FAILED],
             invalid=p.invalid + counts[RecordStatus.INVALID],
             not_sent=p.not_sent + counts[RecordStatus.NOT_SENT],
@@ -373,15 +424,16 @@ class _Runner:
                 )
                 if self.config.npz and content.geometry is None:
                     content = replace(content, geometry=await self._geometry(job))
-                await anyio.to_thread.run_sync(
+                folders = await anyio.to_thread.run_sync(
                     partial(
                         write_content,
                         self.config,
                         content,
                         job.pending,
                         extras_for=[m for m, _ in job.complete],
+                        known=self.known_folders,
                     ),
-                    limiter=self.threads,
+                    limiter=self.write_threads,
                 )
             except OSError as exc:
                 if job.pending:
@@ -389,16 +441,18 @@ class _Runner:
                         Records().failed(job, RecordStatus.FAILED, "OSError", str(exc))
                     )
                 return
-            await self._record(Records().done(job, content), copies=len(job.pending))
+            await self._record(
+                Records().done(job, content), copies=len(job.pending), folders=folders
+            )
 
     async def _geometry(self, job: Job) -> Geometry | None:
         """The geometry of an upload an old manifest did not record: prepare the source once
         more, with the client's own options."""
         member = (job.pending or [m for m, _ in job.complete])[0]
         try:
-            data = await anyio.to_thread.run_sync(_read_source, member, limiter=self.threads)
-            prepared = await self.client.prepare(data, name=member.key)
-        except (OSError, ClipnormalsError):
+            source = RegularFile(member.file.fspath).as_source()
+            prepared = await self.client.prepare(source, name=member.key)
+        except ClipnormalsError:
             return None
         return Geometry.of(prepared)
 
@@ -448,16 +502,17 @@ class _Runner:
     async def _prepare(self, job: Job) -> PreparedImage | None:
         """The job's upload, prepared by the client; ``None`` when it was settled instead."""
         primary = job.primary
+        # Read in the thread that prepares it: one hop to a thread per image, not two.
+        source = RegularFile(primary.file.fspath)
         try:
-            data = await anyio.to_thread.run_sync(_read_source, primary, limiter=self.threads)
-            prepared = await self.client.prepare(data, name=primary.key)
-        except OSError as exc:
-            await self._settle_failed(
-                job, RecordStatus.INVALID, type(exc).__name__, f"cannot read the file: {exc}"
-            )
-            return None
+            prepared = await self.client.prepare(source.as_source(), name=primary.key)
         except InvalidImageError as exc:
-            await self._settle_failed(job, RecordStatus.INVALID, type(exc).__name__, exc.message)
+            error = source.error
+            if error is not None:  # the file could not be read: say so, as the plan does
+                error_type, message = type(error).__name__, f"cannot read the file: {error}"
+            else:
+                error_type, message = type(exc).__name__, exc.message
+            await self._settle_failed(job, RecordStatus.INVALID, error_type, message)
             return None
         except ClipnormalsError as exc:  # the client was closed or halted meanwhile
             await self._settle_error(job, exc, attempts=0)
@@ -519,23 +574,22 @@ class _Runner:
                 assert item.error is not None  # noqa: S101 - an item holds one of the two
                 await self._settle_error(job, item.error, attempts=item.attempts)
                 return
-            jpeg = result.jpeg
             now = anyio.current_time()
-            content = Content(jpeg, _sha256(jpeg), Geometry.of(prepared))
             credits = result.credits_consumed if result.credits_consumed is not None else 1
-            records = Records()
-            receipt = Receipt(
-                output_sha256=content.sha256,
-                output_size=len(jpeg),
-                source_sha256=job.sha256,
-                geometry=content.geometry,
-                credits=credits,
-                done_at=records.now,
-            )
             try:
-                await anyio.to_thread.run_sync(
-                    partial(write_content, self.config, content, job.pending, receipt=receipt),
-                    limiter=self.threads,
+                entry = await anyio.to_thread.run_sync(
+                    partial(
+                        self._write_upload,
+                        job,
+                        result.jpeg,
+                        Geometry.of(prepared),
+                        Records(),
+                        attempts=item.attempts,
+                        credits=credits,
+                        remaining=result.credits_remaining,
+                        seconds=round(now - job.handed_at, 3),
+                    ),
+                    limiter=self.write_threads,
                 )
             except OSError as exc:
                 self.request_stop(StopReason.CANNOT_WRITE, str(exc))
@@ -545,18 +599,65 @@ class _Runner:
                 )  # fmt: skip
                 return
             self.pace.add(anyio.current_time())
-            await self._record(
-                records.done(
-                    job,
-                    content,
-                    attempts=item.attempts,
-                    credits=credits,
-                    remaining=result.credits_remaining,
-                    seconds=round(now - job.handed_at, 3),
-                ),
-                job,
-                copies=len(job.pending) - 1,
+            self._count(entry)
+
+    def _write_upload(
+        self,
+        job: Job,
+        jpeg: bytes,
+        geometry: Geometry,
+        records: Records,
+        *,
+        attempts: int,
+        credits: int,
+        remaining: int | None,
+        seconds: float,
+    ) -> _Entry:
+        """Blocking, in one worker thread: write an answer's outputs and commit their records.
+
+        One hop to a thread per upload: every hop, and every system call a thread makes, is a
+        chance for the thread to take the interpreter lock from the event loop."""
+        with self.writing_lock:
+            self.writing += 1
+        try:
+            content, folders = write_fresh(
+                self.config,
+                jpeg,
+                geometry,
+                job.pending,
+                source_sha256=job.sha256,
+                credits=credits,
+                done_at=records.now,
+                known=self.known_folders,
             )
+        finally:
+            with self.writing_lock:
+                self.writing -= 1
+        done = records.done(
+            job,
+            content,
+            attempts=attempts,
+            credits=credits,
+            remaining=remaining,
+            seconds=seconds,
+        )
+        self.writer.commit(
+            [r for r in done if self._changes(r)],
+            folders=folders,
+            linger=_COMMIT_LINGER,
+            more=self._more_coming,
+        )
+        return _Entry(done, job, len(job.pending) - 1)
+
+    def _more_coming(self, queued: int) -> bool:
+        """Called from the committing thread: True while some answer in flight may still join
+        the commit: uploads in flight outnumber the records queued, the group is smaller than
+        the client's concurrency, and another writer is at work or a write thread is free for
+        one (with every thread taken by committers, none could join)."""
+        in_flight = self.handed - self.handed_settled
+        if queued >= min(in_flight, self.slots_total):
+            return False
+        return self.writing > 0 or self.write_threads.available_tokens > 0
 
     async def _settle_error(self, job: Job, error: ClipnormalsError, *, attempts: int) -> None:
         stats = self.client.stats
@@ -618,12 +719,3 @@ class _Runner:
             manifest=self.config.manifest_path,
             output_dir=self.config.output_dir,
         )
-
-
-def _read_source(member: Member) -> bytes:
-    with open_regular(member.file.fspath) as f:
-        return f.read()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -1,8 +1,10 @@
 """Writing a content's outputs: the one write path for fresh results and for copies.
 
 Blocking functions, run in worker threads by the batch runner. Every file is written atomically
-(see :mod:`clipnormals._atomic`); the caller appends the records only after
-:func:`write_content` returned, so a record never names an output that is not in place.
+(see :mod:`clipnormals._atomic`): its data is flushed to the disk before it is renamed into
+place. The folders are not flushed here: :func:`write_content` returns the folders whose
+entries changed, and the caller flushes them (once for all the outputs of a group commit) before
+it appends the records, so a record never names an output that is not durably in place.
 
 A fresh upload's :class:`~.records.Content` comes from the response; a copy's from an intact
 output an earlier source paid for (:func:`read_output`, which checks it against its record).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 from PIL import Image
 
@@ -26,11 +29,11 @@ from .._normals.normalmap import NormalMap
 from .._normals.sheets import contact_sheet
 from .config import BatchConfig
 from .jobs import Member
-from .manifest import ManifestRecord
+from .manifest import Geometry, ManifestRecord
 from .receipts import Receipt, write_receipt
 from .records import Content
 
-__all__ = ["jpeg_bytes", "npz_bytes", "read_output", "write_content"]
+__all__ = ["jpeg_bytes", "npz_bytes", "read_output", "write_content", "write_fresh"]
 
 _PREVIEW_TILE = 320
 
@@ -63,6 +66,35 @@ def read_output(config: BatchConfig, record: ManifestRecord) -> Content:
     return Content(jpeg, digest, record.geometry, origin=record.source)
 
 
+def write_fresh(
+    config: BatchConfig,
+    jpeg: bytes,
+    geometry: Geometry | None,
+    members: Sequence[Member],
+    *,
+    source_sha256: str,
+    credits: int,
+    done_at: str,
+    known: set[Path] | None = None,
+) -> tuple[Content, set[Path]]:
+    """Write a fresh upload's answer (hashed here, off the event loop) with its receipt, as the
+    normal map of every source in ``members``; see :func:`write_content`.
+
+    Returns:
+        The content written, and the folders to flush before its records are appended.
+    """
+    content = Content(jpeg, hashlib.sha256(jpeg).hexdigest(), geometry)
+    receipt = Receipt(
+        output_sha256=content.sha256,
+        output_size=len(jpeg),
+        source_sha256=source_sha256,
+        geometry=geometry,
+        credits=credits,
+        done_at=done_at,
+    )
+    return content, write_content(config, content, members, receipt=receipt, known=known)
+
+
 def write_content(
     config: BatchConfig,
     content: Content,
@@ -70,33 +102,43 @@ def write_content(
     *,
     extras_for: Sequence[Member] = (),
     receipt: Receipt | None = None,
-) -> None:
+    known: set[Path] | None = None,
+) -> set[Path]:
     """Write ``content`` as the normal map of every source in ``members``, and the missing
     extras of those and of ``extras_for`` (sources whose normal map is already in place).
 
     ``receipt`` (a fresh upload's) is written first, so that an output on the disk always has
     the proof that it belongs to its source, even when the record that follows is lost.
+    ``known``: folders known to exist (see :func:`clipnormals._atomic.ensure_folder`).
+
+    Returns:
+        The folders whose entries changed: flush each (:func:`clipnormals._atomic.fsync_dir`)
+        before appending the records, or a power cut may lose an output its record names.
 
     Raises:
         OSError: a file could not be written; the records must not be appended.
     """
     out = config.output_dir
+    folders: set[Path] = set()
     if receipt is not None:
-        write_receipt(out, receipt)
+        write_receipt(out, receipt, known=known)
     for member in members:
-        atomic_write_bytes(out / member.outputs.normals, content.jpeg)
+        path = out / member.outputs.normals
+        folders.update(atomic_write_bytes(path, content.jpeg, sync_folder=False, known=known))
     if config.any_extras:
-        extras = _Extras(config, content)
+        extras = _Extras(config, content, known)
         for member in (*members, *extras_for):
-            extras.write(member)
+            folders.update(extras.write(member))
+    return folders
 
 
 class _Extras:
     """The ``.npz`` and preview of one content, decoded once and written for each source."""
 
-    def __init__(self, config: BatchConfig, content: Content) -> None:
+    def __init__(self, config: BatchConfig, content: Content, known: set[Path] | None) -> None:
         self.config = config
         self.content = content
+        self.known = known
         self._map: NormalMap | None = None
 
     def _normal_map(self) -> NormalMap:
@@ -110,14 +152,22 @@ class _Extras:
             )
         return self._map
 
-    def write(self, member: Member) -> None:
+    def write(self, member: Member) -> list[Path]:
+        """Write the member's missing extras; return the folders to flush."""
         config = self.config
         out = config.output_dir
+        folders: list[Path] = []
         if config.npz and not (out / member.outputs.npz).exists():
-            atomic_write_bytes(out / member.outputs.npz, npz_bytes(self._normal_map()))
+            data = npz_bytes(self._normal_map())
+            folders += atomic_write_bytes(
+                out / member.outputs.npz, data, sync_folder=False, known=self.known
+            )
         if config.previews and not (out / member.outputs.preview).exists():
             preview = _preview_bytes(self._normal_map(), member)
-            atomic_write_bytes(out / member.outputs.preview, preview)
+            folders += atomic_write_bytes(
+                out / member.outputs.preview, preview, sync_folder=False, known=self.known
+            )
+        return folders
 
 
 def _preview_bytes(nm: NormalMap, member: Member) -> bytes:

@@ -20,12 +20,19 @@ swallow the frame.
 
 Connected components are labelled over run lengths with a vectorised union-find, so the cost
 grows with the number of runs (a few per row), not with the number of pixels.
+
+Only the first steps touch every pixel, and they are row-local: a band of rows is thresholded,
+opened and turned into runs in one go (with two rows of overlap for the opening), bands in
+parallel threads (:mod:`.parallel`), so no full-size temporary image is ever made. Filling and
+dropping work on the runs; the mask itself is painted once, at the end.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .parallel import in_blocks, row_blocks
 
 __all__ = ["BACKGROUND_RGB", "MASK_THRESHOLD", "Runs", "background_distance", "person_mask"]
 
@@ -87,13 +94,38 @@ def person_mask(
         >>> int(person_mask(rgb).sum())
         400
     """
-    dist = background_distance(rgb)
-    height, width = dist.shape
-    fg = _open3(dist > threshold)
-    fg = _fill_holes(fg, rgb, dist)
+    height, width = rgb.shape[:2]
+    runs = _opened_runs(rgb, threshold)
+    runs = _fill_holes(runs, rgb)
     if min_blob is None:
         min_blob = max(16, (height * width) // 10_000)
-    return _drop_small(fg, min_blob)
+    return _drop_small(runs, min_blob).paint_all((height, width))
+
+
+def _distance_at(rgb: NDArray[np.uint8], rows: _Int, cols: _Int) -> NDArray[np.int16]:
+    """:func:`background_distance` at a few pixels only."""
+    px = rgb[rows, cols].astype(np.int16)
+    px -= np.array(BACKGROUND_RGB, dtype=np.int16)
+    out: NDArray[np.int16] = np.abs(px).max(axis=1)
+    return out
+
+
+def _opened_runs(rgb: NDArray[np.uint8], threshold: int) -> Runs:
+    """Runs of the thresholded, opened foreground, band by band (see the module's notes)."""
+    height, width = rgb.shape[:2]
+
+    def band(top: int, bottom: int) -> Runs:
+        parts = []
+        for start in range(top, bottom, _CHUNK_ROWS):
+            end = min(start + _CHUNK_ROWS, bottom)
+            # The opening of a row reads two rows either side; those come along, then go.
+            lo, hi = max(0, start - 2), min(height, end + 2)
+            fg = background_distance(rgb[lo:hi]) > threshold
+            opened = _open3(fg)
+            parts.append(Runs.of(opened[start - lo : end - lo]).shifted(start))
+        return Runs.concatenate(parts, width)
+
+    return Runs.concatenate(in_blocks(band, row_blocks(height, width)), width)
 
 
 # --------------------------------------------------------------------------- runs and labels
@@ -134,6 +166,43 @@ class Runs:
 
     def __len__(self) -> int:
         return len(self.row)
+
+    def shifted(self, rows: int) -> Runs:
+        """The same runs ``rows`` further down."""
+        return Runs(self.row + rows, self.start, self.end, self.width)
+
+    def select(self, keep: _Bool) -> Runs:
+        """The runs where ``keep`` is True."""
+        return Runs(self.row[keep], self.start[keep], self.end[keep], self.width)
+
+    @classmethod
+    def concatenate(cls, parts: list[Runs], width: int) -> Runs:
+        """Runs of bands one below the other, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.row for p in parts]) if parts else np.zeros(0, np.intp),
+            np.concatenate([p.start for p in parts]) if parts else np.zeros(0, np.intp),
+            np.concatenate([p.end for p in parts]) if parts else np.zeros(0, np.intp),
+            width,
+        )
+
+    def merged_with(self, other: Runs) -> Runs:
+        """The runs of the union of two disjoint sets of runs (touching runs joined)."""
+        if len(other) == 0:
+            return self
+        row = np.concatenate([self.row, other.row])
+        start = np.concatenate([self.start, other.start])
+        end = np.concatenate([self.end, other.end])
+        order = np.lexsort((start, row))
+        row, start, end = row[order], start[order], end[order]
+        first = np.ones(len(row), dtype=bool)
+        first[1:] = (row[1:] != row[:-1]) | (start[1:] != end[:-1])
+        heads = np.flatnonzero(first)
+        tails = np.empty_like(heads)
+        tails[:-1] = heads[1:] - 1
+        tails[-1] = len(row) - 1
+        return Runs(row[heads], start[heads], end[tails], self.width)
 
     @property
     def length(self) -> _Int:
@@ -190,18 +259,29 @@ class Runs:
 
     def paint(self, select: _Bool, shape: tuple[int, int]) -> _Bool:
         """Bool image with the selected runs set."""
+        return self.select(select).paint_all(shape)
+
+    def paint_all(self, shape: tuple[int, int]) -> _Bool:
+        """Bool image with every run set (bands painted in parallel)."""
         height, width = shape
-        # Over the flattened image the selected runs cut it into alternating unset and set
-        # stretches; np.repeat writes each stretch in one go.
-        flat = self.row[select] * width
-        bounds = np.empty(2 * len(flat) + 2, dtype=np.intp)
-        bounds[0] = 0
-        bounds[1:-1:2] = flat + self.start[select]
-        bounds[2:-1:2] = flat + self.end[select]
-        bounds[-1] = height * width
-        values = np.zeros(len(bounds) - 1, dtype=bool)
-        values[1::2] = True
-        return np.repeat(values, np.diff(bounds)).reshape(height, width)
+        out = np.empty(shape, dtype=bool)
+
+        def band(top: int, bottom: int) -> None:
+            lo, hi = np.searchsorted(self.row, (top, bottom))
+            flat = (self.row[lo:hi] - top) * width
+            # Over the flattened band the runs cut it into alternating unset and set
+            # stretches; np.repeat writes each stretch in one go.
+            bounds = np.empty(2 * len(flat) + 2, dtype=np.intp)
+            bounds[0] = 0
+            bounds[1:-1:2] = flat + self.start[lo:hi]
+            bounds[2:-1:2] = flat + self.end[lo:hi]
+            bounds[-1] = (bottom - top) * width
+            values = np.zeros(len(bounds) - 1, dtype=bool)
+            values[1::2] = True
+            out[top:bottom] = np.repeat(values, np.diff(bounds)).reshape(bottom - top, width)
+
+        in_blocks(band, row_blocks(height, width))
+        return out
 
 
 def _union_find(n: int, a: _Int, b: _Int) -> _Int:
@@ -226,9 +306,10 @@ def _union_find(n: int, a: _Int, b: _Int) -> _Int:
 # --------------------------------------------------------------------------- the three steps
 
 
-def _fill_holes(fg: _Bool, rgb: NDArray[np.uint8], dist: NDArray[np.uint8]) -> _Bool:
-    height, width = fg.shape
-    runs = Runs.of(fg).complement(height)
+def _fill_holes(fg: Runs, rgb: NDArray[np.uint8]) -> Runs:
+    """The runs of the foreground with its holes filled (see the module's notes)."""
+    height, width = rgb.shape[:2]
+    runs = fg.complement(height)
     labels, count = runs.labels()
     on_frame = np.zeros(count, dtype=bool)
     on_frame[labels[(runs.start == 0) | (runs.end == width)]] = True
@@ -236,7 +317,7 @@ def _fill_holes(fg: _Bool, rgb: NDArray[np.uint8], dist: NDArray[np.uint8]) -> _
     steep = _rim_steepness(runs, labels, count, rgb)
     # A face-on patch is shaded: the middle of its rows is off the background colour by a few
     # levels. Real background is flat there; JPEG only disturbs it near the outline.
-    middle = dist[runs.row, (runs.start + runs.end) // 2] >= _SHADED
+    middle = _distance_at(rgb, runs.row, (runs.start + runs.end) // 2) >= _SHADED
     shaded = np.bincount(labels, weights=middle, minlength=count) / np.bincount(
         labels, minlength=count
     )
@@ -251,7 +332,7 @@ def _fill_holes(fg: _Bool, rgb: NDArray[np.uint8], dist: NDArray[np.uint8]) -> _
     holes = ~background[labels]
     if not holes.any():
         return fg
-    return fg | runs.paint(holes, fg.shape)
+    return fg.merged_with(runs.select(holes))
 
 
 def _rim_steepness(
@@ -279,7 +360,10 @@ def _rim_steepness(
 
 
 def _open3(fg: _Bool) -> _Bool:
-    """3x3 opening: drops one- and two-pixel speckles and spurs along the outline."""
+    """3x3 opening: drops one- and two-pixel speckles and spurs along the outline.
+
+    On a band of rows, the results of its first and last two rows are wrong (the rows beyond
+    are not there, and count as set while eroding): a band is cut with two rows of overlap."""
     return _dilate3(_erode3(fg))
 
 
@@ -304,13 +388,13 @@ def _dilate3(a: _Bool) -> _Bool:
     return v
 
 
-def _drop_small(fg: _Bool, min_blob: int) -> _Bool:
-    runs = Runs.of(fg)
+def _drop_small(runs: Runs, min_blob: int) -> Runs:
+    """The runs of the components of at least ``min_blob`` pixels."""
     if len(runs) == 0:
-        return fg
+        return runs
     labels, count = runs.labels()
     area = np.bincount(labels, weights=runs.length, minlength=count)
     small = area[labels] < min_blob
     if not small.any():
-        return fg
-    return fg & ~runs.paint(small, fg.shape)
+        return runs
+    return runs.select(~small)

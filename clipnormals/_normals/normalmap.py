@@ -24,6 +24,7 @@ from .._atomic import atomic_write_bytes
 from .._errors import InvalidImageError
 from .export import ExportFormat, format_for_path, npy_bytes, npz_bytes, png16_bytes
 from .mask import person_mask
+from .pixels import rgb_array
 from .relight import ImageT, relight_image
 from .render import CLAY_AMBIENT, CLAY_LIGHTS, preview_image, shaded_image
 from .vectors import (
@@ -499,6 +500,7 @@ def _decode(data: bytes) -> NDArray[np.uint8]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             rgb = image if image.mode == "RGB" else image.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
+            rgb.load()
+            return rgb_array(rgb)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(f"the normal map could not be decoded: {exc}") from exc

@@ -14,13 +14,16 @@ c1..c5.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image
+
+from .parallel import in_blocks, row_blocks
+from .pixels import rgb_array
 
 __all__ = [
     "SH_ORDER",
@@ -236,22 +239,45 @@ def shading(
         [[1.1, 1.1, 1.1]]
     """
     n = np.asarray(normals, dtype=np.float32)
-    out = np.empty((len(n), 3), dtype=np.float32)
-    out[:] = np.array(_rgb(ambient, "ambient"), dtype=np.float32)
-    items = _light_list(light)
+    planes = _shading_planes(n, _light_list(light), _rgb(ambient, "ambient"))
+    if planes.shape[0] == 1:
+        return np.repeat(planes.T, 3, axis=1)
+    return np.ascontiguousarray(planes.T)
+
+
+def _shading_planes(n: _F32, items: Sequence[DirectionalLight | SHLighting], ambient: Vec3) -> _F32:
+    """:func:`shading` as planes: (3, N), or (1, N) when every light and the ambient term are
+    grey (the same for the three channels).
+
+    Planes, not (N, 3): numpy is slow on a length-3 last axis (each step of an operation that
+    broadcasts over it handles three numbers), and fast on long contiguous rows. The products
+    are element-wise, not matrix products through BLAS: the shapes are thin, where BLAS gains
+    nothing and its own threads fight the caller's."""
     directional = [item for item in items if isinstance(item, DirectionalLight)]
+    harmonics = [item for item in items if isinstance(item, SHLighting)]
+    grey = not harmonics and all(
+        len(set(colour)) == 1 for colour in (ambient, *(lamp.color for lamp in directional))
+    )
+    channels = 1 if grey else 3
+    out = np.empty((channels, len(n)), dtype=np.float32)
+    for c in range(channels):
+        out[c].fill(ambient[c])
     if directional:
-        # All directional lights in two matrix products: the cosines (N, L), then their colours.
-        towards = np.array([item.direction for item in directional], dtype=np.float32)
-        colours = np.array(
-            [np.array(item.color) * item.intensity for item in directional], dtype=np.float32
-        )
-        cosine = n @ towards.T
-        np.maximum(cosine, np.float32(0.0), out=cosine)
-        out += cosine @ colours
-    for item in items:
-        if isinstance(item, SHLighting):
-            out += item.irradiance(n)
+        cosine = np.empty(len(n), dtype=np.float32)
+        scratch = np.empty(len(n), dtype=np.float32)
+        x, y, z = n[:, 0], n[:, 1], n[:, 2]
+        for lamp in directional:
+            dx, dy, dz = (np.float32(v) for v in lamp.direction)
+            np.multiply(x, dx, out=cosine)
+            cosine += np.multiply(y, dy, out=scratch)
+            cosine += np.multiply(z, dz, out=scratch)
+            np.maximum(cosine, np.float32(0.0), out=cosine)
+            for c in range(channels):
+                out[c] += np.multiply(
+                    cosine, np.float32(lamp.color[c] * lamp.intensity), out=scratch
+                )
+    for item in harmonics:
+        out += item.irradiance(n).T
     np.maximum(out, np.float32(0.0), out=out)
     return out
 
@@ -328,9 +354,11 @@ def linear_to_srgb(c: NDArray[np.float32]) -> _F32:
 def _linear_to_srgb8(lit: _F32) -> NDArray[np.uint8]:
     """Linear light (any shape, float32, overwritten) to 8-bit sRGB through the table."""
     np.multiply(lit, np.float32(_LINEAR_STEPS), out=lit)
-    np.clip(lit, np.float32(0.0), np.float32(_LINEAR_STEPS), out=lit)
+    # Clipped one step short of the top, so that the index fits 16 bits: the table's last two
+    # entries are both 255 (the top step is 1/65536 below white), so nothing changes.
+    np.clip(lit, np.float32(0.0), np.float32(_LINEAR_STEPS - 1), out=lit)
     lit += np.float32(0.5)
-    out: NDArray[np.uint8] = _LINEAR_TO_SRGB8[lit.astype(np.intp)]
+    out: NDArray[np.uint8] = np.take(_LINEAR_TO_SRGB8, lit.astype(np.uint16))
     return out
 
 
@@ -396,8 +424,9 @@ def relight_image(
     )
     if isinstance(image, Image.Image):
         alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
-        rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-        picture = Image.fromarray(_relight_uint8(rgb, normals, mask, options))
+        rgb = rgb_array(image if image.mode == "RGB" else image.convert("RGB"))
+        # A fresh array of our own: relit in place.
+        picture = Image.fromarray(_relight_uint8(rgb, normals, mask, options, own=True))
         if alpha is not None:
             picture.putalpha(alpha)
         return picture
@@ -441,33 +470,55 @@ def _check_size(pixels: NDArray[Any], normals: _F32) -> None:
         )
 
 
-def _person_chunks(mask: NDArray[np.bool_]) -> Iterator[NDArray[np.intp]]:
-    """Flat indices of the person's pixels, in chunks whose temporaries stay in cache.
+def _each_person_chunk(mask: NDArray[np.bool_], work: Callable[[NDArray[np.intp]], None]) -> None:
+    """``work`` on the flat indices of the person's pixels, chunk by chunk; bands of rows in
+    parallel threads (their pixels are disjoint).
 
-    Gathering rows by index (``np.take(..., axis=0)``) is several times faster than boolean
-    indexing of an (H, W, 3) array, and only the person's pixels are ever converted.
+    Chunks are small enough for their temporaries to stay in cache. Gathering rows by index
+    (``np.take``) is several times faster than boolean indexing of an (H, W, 3) array, and
+    only the person's pixels are ever converted.
     """
-    person = np.flatnonzero(mask)
-    for start in range(0, len(person), _CHUNK_PIXELS):
-        yield person[start : start + _CHUNK_PIXELS]
+    height, width = mask.shape
+
+    def band(top: int, bottom: int) -> None:
+        person = np.flatnonzero(mask[top:bottom])
+        person += top * width
+        for start in range(0, len(person), _CHUNK_PIXELS):
+            work(person[start : start + _CHUNK_PIXELS])
+
+    in_blocks(band, row_blocks(height, width))
+
+
+_RGB8 = np.dtype((np.void, 3))  # one pixel of an (N, 3) uint8 array as one element
 
 
 def _lit(linear: _F32, normals: _F32, fit: _F32 | None, options: _Options) -> _F32:
     """Linear light (K, 3) of the person's pixels under the new lighting; ``linear`` is reused."""
-    linear *= shading(normals, light=options.light, ambient=options.ambient)
+    planes = _shading_planes(normals, options.light, options.ambient)
+    # Channel by channel: strided columns, no broadcasting over a length-3 axis.
+    for c in range(3):
+        linear[:, c] *= planes[c % len(planes)]
     if fit is not None:
         old = sh_basis(normals) @ fit
         np.maximum(old, np.float32(options.eps), out=old)
-        linear /= old[:, None]
+        for c in range(3):
+            linear[:, c] /= old
     if options.specular > 0:
         linear += _specular(normals, options.light, options.specular, options.shininess)
     return linear
 
 
 def _relight_uint8(
-    rgb: NDArray[np.uint8], normals: _F32, mask: NDArray[np.bool_], options: _Options
+    rgb: NDArray[np.uint8],
+    normals: _F32,
+    mask: NDArray[np.bool_],
+    options: _Options,
+    *,
+    own: bool = False,
 ) -> NDArray[np.uint8]:
-    """8-bit in, 8-bit out; only the person's pixels are converted, through the tables."""
+    """8-bit in, 8-bit out; only the person's pixels are converted, through the tables.
+
+    ``own``: ``rgb`` is a C-contiguous array nobody else holds, relit in place."""
     _check_size(rgb, normals)
     srgb = options.srgb
 
@@ -480,22 +531,23 @@ def _relight_uint8(
 
     fit = _fit_shading(normals, mask, rgb, to_linear) if options.ratio else None
     # The background is copied bit for bit, never through floating point.
-    result = np.array(rgb, dtype=np.uint8, order="C")
-    pixels = result.reshape(-1, 3)
+    result = rgb if own and rgb.flags.c_contiguous else np.array(rgb, dtype=np.uint8, order="C")
+    # Each pixel as one 3-byte element: gathered and scattered in one step, not three.
+    pixels = result.reshape(-1, 3).view(_RGB8).reshape(-1)
     vectors = np.ascontiguousarray(normals).reshape(-1, 3)
-    for index in _person_chunks(mask):
-        lit = _lit(
-            to_linear(np.take(pixels, index, axis=0)),
-            np.take(vectors, index, axis=0),
-            fit,
-            options,
-        )
+
+    def relight(index: NDArray[np.intp]) -> None:
+        values = np.take(pixels, index).view(np.uint8).reshape(-1, 3)
+        lit = _lit(to_linear(values), np.take(vectors, index, axis=0), fit, options)
         if srgb:
-            pixels[index] = _linear_to_srgb8(lit)
+            out = _linear_to_srgb8(lit)
         else:
             lit *= np.float32(255.0)
             np.clip(lit, np.float32(0.0), np.float32(255.0), out=lit)
-            pixels[index] = np.rint(lit, out=lit).astype(np.uint8)
+            out = np.rint(lit, out=lit).astype(np.uint8)
+        np.put(pixels, index, out.view(_RGB8).reshape(-1))
+
+    _each_person_chunk(mask, relight)
     return result
 
 
@@ -512,10 +564,13 @@ def _relight_float(pixels: _F32, normals: _F32, mask: NDArray[np.bool_], options
     result = np.array(pixels, dtype=np.float32, order="C")
     flat = result.reshape(-1, 3)
     vectors = np.ascontiguousarray(normals).reshape(-1, 3)
-    for index in _person_chunks(mask):
+
+    def relight(index: NDArray[np.intp]) -> None:
         lit = _lit(
             to_linear(np.take(flat, index, axis=0)), np.take(vectors, index, axis=0), fit, options
         )
         np.maximum(lit, np.float32(0.0), out=lit)
         flat[index] = linear_to_srgb(lit) if srgb else lit
+
+    _each_person_chunk(mask, relight)
     return result

@@ -17,6 +17,7 @@ from PIL import Image
 
 from .._images.orientation import EXIF_TO_DISPLAY, inverse
 from .mask import Runs
+from .parallel import in_blocks, row_blocks
 
 __all__ = [
     "NormalConvention",
@@ -33,7 +34,6 @@ _F32 = NDArray[np.float32]
 _Bool = NDArray[np.bool_]
 #: Pixels per chunk of decoding: its float32 scratch (about 1 MiB) stays in a core's cache.
 _CHUNK_PIXELS = 1 << 16
-_ONES = np.ones(3, dtype=np.float32)
 
 Transform = Image.Transpose
 
@@ -63,24 +63,40 @@ def decode_normals(rgb: NDArray[np.uint8], *, flip_x: bool = False, flip_y: bool
     """
     height, width = rgb.shape[:2]
     out = np.empty(rgb.shape, dtype=np.float32)
+    # Row blocks in parallel threads (numpy releases the interpreter lock); each pixel's
+    # arithmetic is the same whichever block it falls in.
+    in_blocks(
+        lambda top, bottom: _decode_rows(rgb, out, top, bottom, flip_x, flip_y),
+        row_blocks(height, width),
+    )
+    return out
+
+
+def _decode_rows(
+    rgb: NDArray[np.uint8], out: _F32, top: int, bottom: int, flip_x: bool, flip_y: bool
+) -> None:
+    width = rgb.shape[1]
     rows = max(1, _CHUNK_PIXELS // max(width, 1))
     # Scratch for one chunk, reused: the only memory besides the result, and it stays in cache.
     squares = np.empty((rows, width, 3), dtype=np.float32)
     scratch = np.empty((rows, width), dtype=np.float32)
     sign_x = np.float32(-1.0 if flip_x else 1.0)
     sign_y = np.float32(-1.0 if flip_y else 1.0)
-    for top in range(0, height, rows):
-        o = out[top : top + rows]
+    for start in range(top, bottom, rows):
+        end = min(start + rows, bottom)
+        o = out[start:end]
         count = o.shape[0]
-        np.copyto(o, rgb[top : top + rows])
+        np.copyto(o, rgb[start:end])
         # The 1/127 scale cancels in the renormalisation, so it is never applied.
         o -= np.float32(128.0)
         sq = squares[:count]
         np.multiply(o, o, out=sq)
-        # A matrix-vector product sums the three squares far faster than a reduction over a
-        # length-3 axis; the sums are whole numbers, exact in float32.
+        # Two adds of strided views sum the three squares several times faster than a
+        # reduction over a length-3 axis, and unlike a matrix product through BLAS they never
+        # start threads of their own; the sums are whole numbers, exact in float32.
         inv = scratch[:count]
-        np.matmul(sq, _ONES, out=inv)
+        np.add(sq[..., 0], sq[..., 1], out=inv)
+        inv += sq[..., 2]
         if not inv.all():
             # Exactly (128, 128, 128) has no direction: it decodes to +Z like the background.
             dead = inv == 0
@@ -95,7 +111,6 @@ def decode_normals(rgb: NDArray[np.uint8], *, flip_x: bool = False, flip_y: bool
         if flip_x != flip_y:
             inv *= sign_x * sign_y
         o[..., 1] *= inv
-    return out
 
 
 def encode_rgb8(normals: NDArray[np.floating]) -> NDArray[np.uint8]:

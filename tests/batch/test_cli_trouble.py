@@ -357,13 +357,22 @@ def test_a_second_ctrl_c_aborts_and_every_image_is_still_counted_once(tmp_path: 
 # -- 3. kill -9 loses at most --concurrency credits ---------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("concurrency", "extra"),
+    [
+        # Slow writes (previews, .npz, one thread): answers come faster than they are written.
+        (4, ("--preview", "--npz", "--threads", "1")),
+        # Fast writes in many threads: answers are committed to the manifest in groups.
+        (8, ("--threads", "2")),
+    ],
+    ids=["slow-writes", "group-commits"],
+)
 def test_sigkill_at_random_moments_loses_at_most_concurrency_credits_each_time(
-    tmp_path: Path,
+    tmp_path: Path, concurrency: int, extra: tuple[str, ...]
 ) -> None:
-    """Slow writes (previews, .npz, one thread) and a fast server: answers come faster than
-    they are written. Each is written before its slot takes a new request, so whatever the
+    """A fast server. Each answer is written and recorded before its slot takes a new request
+    (with group commits: once the commit that carried its record is done), so whatever the
     instant of a kill, at most --concurrency answers the server charged are unrecorded."""
-    concurrency = 4
     kills = int(os.environ.get("CLIPNORMALS_TEST_KILLS", "5"))  # more for the figures
     rng = random.Random(20260)
     corpus = make_corpus(tmp_path / "in", 14 * kills + 10)  # more than the kills use up
@@ -373,7 +382,7 @@ def test_sigkill_at_random_moments_loses_at_most_concurrency_credits_each_time(
         stats = server.emulator.stats
         args = batch(
             [str(corpus.root)], out, server.url, "--concurrency", str(concurrency),
-            "--rate", "200/1", "--preview", "--npz", "--threads", "1",
+            "--rate", "200/1", *extra,
         )  # fmt: skip
         for _ in range(kills):
             charged_before = stats.credits_charged

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clipnormals._atomic import TEMP_SUFFIX, atomic_write_bytes, remove_stale_temporaries
+from clipnormals._batch import manifest as manifest_module
 from clipnormals._batch.manifest import (
     ManifestLockedError,
     ManifestRecord,
@@ -197,3 +200,121 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
     assert not stale.exists()
     assert keep.exists()
     assert hidden.exists()
+
+
+# -- group commits ---------------------------------------------------------------------------
+
+
+def _commit_in_threads(
+    writer: ManifestWriter, calls: list[tuple[list[ManifestRecord], list[Path]]]
+) -> list[BaseException | None]:
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def call(i: int) -> None:
+        records, folders = calls[i]
+        try:
+            writer.commit(records, folders=folders)
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+    return errors
+
+
+def test_concurrent_commits_share_flushes_and_flush_folders_before_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callers that queue while a commit runs are committed together by the next one: their
+    folders flushed first, then their records in one flush of the manifest."""
+    events: list[str] = []
+    first = threading.Event()
+    release = threading.Event()
+
+    def fsync_dir(folder: Path) -> None:
+        events.append(f"folder {folder.name}")
+        if not first.is_set():  # hold the first commit until the others have queued
+            first.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(manifest_module, "fsync_dir", fsync_dir)
+    path = tmp_path / "manifest.jsonl"
+    path.touch()  # not created by the first append: no flush of its folder in the events
+    with ManifestWriter(path) as writer:
+        real_append = writer.append
+
+        def append(records: Any) -> None:
+            real_append(records)
+            events.append("manifest " + ",".join(sorted(read_manifest(path).records)))
+
+        monkeypatch.setattr(writer, "append", append)
+        holder = threading.Thread(
+            target=writer.commit, args=([rec("a")],), kwargs={"folders": [tmp_path / "fa"]}
+        )
+        holder.start()
+        assert first.wait(30)
+        calls = [([rec(k)], [tmp_path / f"f{k}"]) for k in ("b", "c", "d")]
+        others = threading.Thread(target=_commit_in_threads, args=(writer, calls))
+        others.start()
+        while len(writer._queue) < 3:  # the three have queued behind the held commit
+            time.sleep(0.001)
+        release.set()
+        holder.join(30)
+        others.join(30)
+        assert writer.commits == 2
+    assert events == [
+        "folder fa",
+        "manifest a",
+        "folder fb",
+        "folder fc",
+        "folder fd",
+        "manifest a,b,c,d",
+    ]
+
+
+def test_a_failed_group_commit_fails_every_caller_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = threading.Event()
+    release = threading.Event()
+
+    def fsync_dir(folder: Path) -> None:
+        if not first.is_set():
+            first.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(manifest_module, "fsync_dir", fsync_dir)
+    with ManifestWriter(tmp_path / "manifest.jsonl") as writer:
+        real_append = writer.append
+
+        def append(records: Any) -> None:
+            records = list(records)
+            if any(r.source != "a" for r in records):  # the second group's
+                raise OSError(28, "No space left on device")
+            real_append(records)
+
+        monkeypatch.setattr(writer, "append", append)
+        holder = threading.Thread(
+            target=writer.commit, args=([rec("a")],), kwargs={"folders": [tmp_path]}
+        )
+        holder.start()
+        assert first.wait(30)
+        results: list[list[BaseException | None]] = []
+        calls = [([rec(k)], []) for k in ("b", "c")]
+        others = threading.Thread(
+            target=lambda: results.append(_commit_in_threads(writer, calls))  # type: ignore[arg-type]
+        )
+        others.start()
+        while len(writer._queue) < 2:
+            time.sleep(0.001)
+        release.set()
+        holder.join(30)
+        others.join(30)
+    errors = results[0]
+    assert all(isinstance(e, OSError) for e in errors), errors
+    assert "No space left" in str(errors[0]) + str(errors[1])
+    assert set(read_manifest(tmp_path / "manifest.jsonl").records) == {"a"}

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 from PIL import Image
@@ -605,3 +606,32 @@ async def test_the_eta_follows_the_measured_pace_not_only_the_quota(tmp_path: Pa
         quota_only = replace(progress, pace=None).eta
         assert quota_only is not None
         assert progress.eta > quota_only
+
+
+async def test_the_dry_run_prepares_a_few_images_at_a_time_not_every_one_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays that of a few images: at most ``threads`` preparations are under way (a
+    source's bytes are held only while it is prepared), however many images there are."""
+    from clipnormals import AsyncClient
+
+    corpus = make_corpus(tmp_path / "in", 40)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out", threads=2)
+    real_prepare = AsyncClient.prepare
+    active = 0
+    most = 0
+
+    async def prepare(self: AsyncClient, image: Any, **kwargs: Any) -> Any:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            await anyio.sleep(0.001)  # let every other task that could start, start
+            return await real_prepare(self, image, **kwargs)
+        finally:
+            active -= 1
+
+    monkeypatch.setattr(AsyncClient, "prepare", prepare)
+    report = await dry_run(config)
+    assert report.to_send == corpus.distinct > 2
+    assert 1 <= most <= 2, most

@@ -31,6 +31,7 @@ from clipnormals import (
     PrepareOptions,
     RateLimit,
 )
+from clipnormals._batch import runner as runner_module
 from clipnormals._batch.manifest import RecordStatus, read_manifest
 from clipnormals._batch.outcomes import (
     RULES,
@@ -391,6 +392,77 @@ async def test_outputs_are_flushed_renamed_and_the_folder_flushed_before_the_rec
     assert record_syncs, events
     assert record_syncs[0] > dir_sync, events
     assert int(after[record_syncs[0]][1]) > 0
+
+
+@pytest.mark.skipif(not PROC_FD.is_dir(), reason="needs /proc to name file descriptors")
+async def test_group_commits_flush_every_output_and_its_folder_before_the_records_they_carry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many answers at once, records are committed in groups, and every record on the
+    disk at any flush of the manifest names an output that was flushed, renamed into place and
+    had its folder flushed before that flush: the state a power cut at any instant leaves."""
+    monkeypatch.setattr(runner_module, "_COMMIT_LINGER", 1.0)  # groups form however slow
+    corpus = make_corpus(tmp_path / "in", 24)
+    # Outputs in nested folders: new folders must be flushed into their parents too.
+    for i, path in enumerate(sorted(corpus.root.iterdir())[:8]):
+        nested = corpus.root / f"sub{i % 2}" / "deeper"
+        nested.mkdir(parents=True, exist_ok=True)
+        path.rename(nested / path.name)
+    config = BatchConfig(inputs=[corpus.root], output_dir=tmp_path / "out")
+    emulator = Emulator(emulator_config(credits=100))
+    events: list[tuple[str, str]] = []
+    flushed: list[set[str]] = []  # sources in the manifest at each of its flushes
+    real_fsync, real_replace = os.fsync, os.replace
+    manifest = str(config.manifest_path)
+
+    def fsync(fd: int) -> None:
+        path = _path_of(fd)
+        real_fsync(fd)
+        if path == manifest:
+            state = read_manifest(config.manifest_path)
+            flushed.append(set(state.records))
+            events.append(("fsync-manifest", str(len(flushed) - 1)))
+        else:
+            events.append(("fsync", path))
+
+    def replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("rename", f"{os.fspath(src)} -> {os.fspath(dst)}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    summary, _ = await _run(emulator, config, max_concurrency=8)
+    monkeypatch.undo()
+
+    records = read_manifest(config.manifest_path).records
+    assert summary.done == len(records) == 24
+    # Several records per flush of the manifest: the commits were grouped.
+    sizes = [len(b - a) for a, b in zip([set[str](), *flushed], flushed, strict=False)]
+    assert max(sizes) >= 2, sizes
+    out = config.output_dir
+    for key, record in records.items():
+        assert record.output is not None
+        output = str(out / record.output)
+        renames = [
+            i
+            for i, (kind, what) in enumerate(events)
+            if kind == "rename" and what.endswith(f" -> {output}")
+        ]
+        assert len(renames) == 1, (key, events)
+        rename = renames[0]
+        temporary = events[rename][1].split(" -> ")[0]
+        assert ("fsync", temporary) in events[:rename], key  # data flushed before the rename
+        first = next(i for i, sources in enumerate(flushed) if key in sources)
+        carried = events.index(("fsync-manifest", str(first)))
+        # Every folder from the output up to the output folder's parent that the output's
+        # rename (or its new folders) changed was flushed between the rename and that flush.
+        folder = Path(output).parent
+        assert ("fsync", str(folder)) in events[rename:carried], (key, events)
+        while folder != out:
+            parent = folder.parent
+            created = ("fsync", str(parent)) in events[:carried]
+            assert created, (key, parent)
+            folder = parent
 
 
 async def test_an_output_with_the_right_size_but_other_bytes_is_made_again(
