@@ -167,7 +167,9 @@ class APIStatusError(ClipnormalsError):
     ) -> APIStatusError:
         """Like :meth:`from_response`, from a status, headers and the body already read."""
         error = _parse_error(body)
-        detail = error if error is not None else _describe_body(body, headers)
+        # Scrubbed before it is quoted: the quote (a repr) escapes backslashes, and the escaped
+        # form of a key is one that scrubbing the message afterwards would not recognise.
+        detail = error if error is not None else _describe_body(scrub_bytes(body, secret), headers)
         return _class_for_status(status)(
             f"{status} {_reason(status)}: {detail}",
             status_code=status,

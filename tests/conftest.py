@@ -4,6 +4,9 @@ import pytest
 
 from .vtime import VirtualTimeLoop
 
+# The mutation check (tests/mutants/run.py) and its catalogue are scripts, not tests.
+collect_ignore = ["mutants"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
