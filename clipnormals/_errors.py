@@ -164,14 +164,21 @@ class APIStatusError(ClipnormalsError):
         body: bytes,
         *,
         secret: str | None = None,
+        url: str | None = None,
     ) -> APIStatusError:
-        """Like :meth:`from_response`, from a status, headers and the body already read."""
+        """Like :meth:`from_response`, from a status, headers and the body already read.
+
+        ``url`` (without its query, which may hold a gateway's code) is named in the message of
+        a status the API does not document (a 404 says where it was not found).
+        """
         error = _parse_error(body)
         # Scrubbed before it is quoted: the quote (a repr) escapes backslashes, and the escaped
         # form of a key is one that scrubbing the message afterwards would not recognise.
         detail = error if error is not None else _describe_body(scrub_bytes(body, secret), headers)
-        return _class_for_status(status)(
-            f"{status} {_reason(status)}: {detail}",
+        error_cls = _class_for_status(status)
+        where = f" from POST {url}" if url and error_cls is UnexpectedResponseError else ""
+        return error_cls(
+            f"{status} {_reason(status)}{where}: {detail}",
             status_code=status,
             body=body,
             headers=headers,
@@ -327,7 +334,14 @@ def _describe_body(body: bytes, headers: Mapping[str, str]) -> str:
     if not body:
         return "empty response body"
     ctype = headers.get("content-type", "no content-type")
-    snippet = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
+    head = body[:120]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or sum(not (c.isprintable() or c.isspace()) for c in text) > len(text) // 10:
+        return f"{len(body)} bytes of {ctype} (not text)"  # an image, say: not worth quoting
+    snippet = text.strip().replace("\n", " ")
     return f"unparseable {ctype} body: {snippet!r}"
 
 

@@ -158,6 +158,7 @@ class FakeAPI:
     latency: Callable[[], float] = lambda: 0.0
     script: list[httpx.Response | Exception | None] = field(default_factory=list)
     report_balance: bool = True
+    report_cost: bool = True  # False: an older API version, x-remaining-credits only
     cost: int = 1
     arrivals: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
@@ -216,7 +217,8 @@ class FakeAPI:
             self.credits -= self.cost
             if self.report_balance:
                 headers["x-remaining-credits"] = str(self.credits)
-        headers["x-credits-consumed"] = str(self.cost)
+        if self.report_cost:
+            headers["x-credits-consumed"] = str(self.cost)
         self.charged += self.cost
         return httpx.Response(200, content=_JPEG, headers=headers)
 

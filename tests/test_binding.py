@@ -170,3 +170,14 @@ def test_the_blocking_client_closes_the_limiter_it_was_given(server: RunningServ
     with clipnormals.Client(api_key=KEY, base_url=server.url, limiter=limiter) as client:
         client.surface_normals(prepared())
     assert limiter.closed
+
+
+def test_the_blocking_client_has_with_options_too(server: RunningServer) -> None:
+    with clipnormals.Client(api_key=KEY, base_url=server.url) as client:
+        quick = client.with_options(retry=clipnormals.RetryPolicy.disabled(), timeout=5.0)
+        quick.surface_normals(prepared())
+        assert quick.credits is client.credits
+        quick.close()  # a view closes nothing
+        client.surface_normals(prepared())
+    with pytest.raises(clipnormals.ClientClosedError):
+        quick.surface_normals(prepared())

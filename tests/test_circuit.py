@@ -131,3 +131,43 @@ async def test_nothing_listening_fails_in_seconds_on_a_real_socket() -> None:
     assert one < 10.0  # about 1.5 s at most by the backoff; generous for a busy machine
     assert everything < 15.0
     assert all(isinstance(i.error, clipnormals.CircuitOpenError) for i in items)
+
+
+async def test_a_gateway_failing_everything_opens_the_circuit_after_twenty() -> None:
+    api = FakeAPI(script=[error(502, "bad gateway")] * 1000)
+    policy = clipnormals.RetryPolicy(initial=0.01, max_backoff=0.05)
+    async with _client(api, retry=policy) as client:
+        items = [i async for i in client.map([prepared(i % 3) for i in range(40)])]
+        assert sum(isinstance(i.error, clipnormals.CircuitOpenError) for i in items) >= 30
+        assert "502" in str(items[-1].error) or "answer" in str(items[-1].error)
+    assert 20 <= len(api.arrivals) <= 20 + 16  # the run, and what was in flight
+
+
+async def test_resets_after_connecting_count_as_failed_answers() -> None:
+    reset = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    api = FakeAPI(script=[reset] * 1000)
+    policy = clipnormals.RetryPolicy(initial=0.01, max_backoff=0.05)
+    errors: list[clipnormals.ClipnormalsError] = []
+    async with _client(api, retry=policy) as client:
+        for i in range(5):
+            try:
+                await client.surface_normals(prepared(i))
+            except clipnormals.ClipnormalsError as exc:
+                errors.append(exc)
+    # Two images use up their 8 attempts; the third opens the circuit on its 4th (20 in a
+    # row); the last two are refused without a request.
+    assert [type(e).__name__ for e in errors] == ["APIConnectionError"] * 2 + [
+        "CircuitOpenError"
+    ] * 3
+    assert "not answering" in errors[2].message
+    assert len(api.arrivals) == 20
+
+
+async def test_occasional_failed_answers_never_open_it() -> None:
+    # One failed answer in two, for a long time: never twenty in a row, never open.
+    script: list[httpx.Response | Exception | None] = [error(503, "busy"), None] * 60
+    api = FakeAPI(script=script)
+    async with _client(api, retry=clipnormals.RetryPolicy(initial=0.01)) as client:
+        for i in range(60):
+            await client.surface_normals(prepared(i % 3))
+    assert client.stats.successes == 60

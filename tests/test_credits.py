@@ -279,3 +279,20 @@ async def test_a_request_that_never_connected_costs_nothing() -> None:
     assert nm.credits_consumed == 1
     assert client.credits.uncertain == 0
     assert client.credits.consumed == 1
+
+
+async def test_the_cost_of_a_call_is_learned_from_the_balance_when_not_reported() -> None:
+    # An older API version: x-remaining-credits only, and each call costs 2.
+    api = FakeAPI(credits=100, cost=2, report_cost=False)
+    async with _client(api, credits=clipnormals.CreditPolicy(budget=6)) as client:
+        items = [i async for i in client.map([prepared(i % 3) for i in range(10)])]
+    assert api.charged <= 6  # the budget caps what the server charged
+    assert client.credits.consumed == api.charged
+    assert client.credits.unit == 2
+    assert sum(i.ok for i in items) == api.charged // 2
+
+
+@pytest.mark.parametrize("raw", ["1e9", "99999999999999999999", "50000"])
+def test_a_call_costing_beyond_belief_is_not_believed(raw: str) -> None:
+    assert parse_credit_header({"x-credits-consumed": raw}, "x-credits-consumed") is None
+    assert parse_credit_header({"x-remaining-credits": "50000"}, "x-remaining-credits") == 50000

@@ -3,9 +3,11 @@ certificates, default headers, event hooks; per-call options; the answer's heade
 
 from __future__ import annotations
 
-import http.server
 import logging
+import select
 import shutil
+import socket
+import socketserver
 import ssl
 import subprocess
 import threading
@@ -172,45 +174,6 @@ def emulator() -> Iterator[RunningServer]:
         yield server
 
 
-@pytest.mark.loopback
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_requests_go_through_the_proxy_given(emulator: RunningServer) -> None:
-    forwarded: list[str] = []
-    target = emulator.url
-
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            forwarded.append(self.path)  # a forward proxy sees the absolute URL
-            body = self.rfile.read(int(self.headers["content-length"]))
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-            upstream = httpx.post(self.path, content=body, headers=headers, timeout=30)
-            self.send_response(upstream.status_code)
-            for k, v in upstream.headers.items():
-                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(k, v)
-            self.send_header("content-length", str(len(upstream.content)))
-            self.end_headers()
-            self.wfile.write(upstream.content)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        async with clipnormals.AsyncClient(
-            api_key=KEY, base_url=target, proxy=f"http://127.0.0.1:{proxy.server_address[1]}"
-        ) as client:
-            nm = await client.surface_normals(prepared())
-        assert nm.credits_consumed == 1
-        assert forwarded == [f"{target}/portrait-surface-normals/v1"]
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def tls_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The emulator behind TLS with a certificate signed by no public CA."""
@@ -258,8 +221,10 @@ async def test_verify_takes_a_ca_bundle_or_an_ssl_context(tls_emulator: tuple[st
     url, cert = tls_emulator
     retry = clipnormals.RetryPolicy(attempts=1, circuit_failures=0)
     async with clipnormals.AsyncClient(api_key=KEY, base_url=url, retry=retry) as client:
-        with pytest.raises(clipnormals.APIConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(clipnormals.APIConnectionError, match="CERTIFICATE_VERIFY_FAILED") as e:
             await client.surface_normals(prepared())
+        assert "self-signed certificate" in e.value.message  # OpenSSL's reason, not an errno
+        assert "Operation not permitted" not in e.value.message
     context = ssl.create_default_context(cafile=str(cert))
     for verify in (context, str(cert)):
         async with clipnormals.AsyncClient(
@@ -267,3 +232,87 @@ async def test_verify_takes_a_ca_bundle_or_an_ssl_context(tls_emulator: tuple[st
         ) as client:
             nm = await client.surface_normals(prepared())
             assert nm.credits_consumed == 1
+
+
+def _connect_proxy() -> tuple[socketserver.ThreadingTCPServer, list[str]]:
+    """A forward proxy that tunnels CONNECT requests (how https goes through a proxy)."""
+    tunnels: list[str] = []
+
+    class Tunnel(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                self.request.sendall(
+                    b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n"
+                )
+                return
+            tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as upstream:
+                self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                pair = [self.request, upstream]
+                for _ in range(100_000):  # bounded: ends when either side closes
+                    ready, _, _ = select.select(pair, [], [], 10)
+                    if not ready:
+                        return
+                    for sock in ready:
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        (upstream if sock is self.request else self.request).sendall(data)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Tunnel)
+    server.daemon_threads = True
+    return server, tunnels
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_requests_go_through_the_proxy_given(tls_emulator: tuple[str, Path]) -> None:
+    url, cert = tls_emulator
+    proxy, tunnels = _connect_proxy()
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        async with clipnormals.AsyncClient(
+            api_key=KEY,
+            base_url=url,
+            proxy=f"http://127.0.0.1:{proxy.server_address[1]}",
+            verify=str(cert),
+        ) as client:
+            nm = await client.surface_normals(prepared())
+        assert nm.credits_consumed == 1
+        assert tunnels == [url.removeprefix("https://")]  # the proxy saw only where, never what
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(5)
+
+
+def test_plain_http_to_loopback_through_a_proxy_is_refused() -> None:
+    with pytest.raises(ValueError, match="proxy would read it"):
+        clipnormals.AsyncClient(
+            api_key=KEY, base_url="http://127.0.0.1:8765", proxy="http://127.0.0.1:3128"
+        )
+
+
+@pytest.mark.loopback
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_proxy_variables_never_apply_to_a_loopback_emulator(
+    emulator: RunningServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.3:9")  # nothing listens there
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.3:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    caplog.set_level(logging.WARNING, logger="clipnormals")
+    async with clipnormals.AsyncClient(api_key=KEY, base_url=emulator.url) as client:
+        nm = await client.surface_normals(prepared())
+    assert nm.credits_consumed == 1
+    assert caplog.text == ""  # and no warning about proxy variables that do not apply

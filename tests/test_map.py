@@ -220,3 +220,51 @@ async def test_stopping_a_view_stops_only_that_view() -> None:
         with pytest.raises(clipnormals.SendingStoppedError):
             await later.surface_normals(prepared())  # stopping a client stops its views
     assert len(api.arrivals) == 1
+
+
+# -- uploads never run further ahead of the consumer than max_concurrency ---------------------
+
+
+async def test_a_loop_left_over_a_named_iterator_sends_at_most_max_concurrency_more() -> None:
+    # The iterator is still referenced after the loop, so nothing tells it the consumer left:
+    # the bound on uploads ahead of the consumer (max_concurrency) is what limits the charges.
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    async with _client(api, max_concurrency=16) as client:
+        items = client.map([prepared(i % 3) for i in range(50)])  # 32 workers (prefetch 16)
+        async for _item in items:
+            break
+        await anyio.sleep(60)  # the client stays open, the iterator alive
+        assert 1 < len(api.arrivals) <= 1 + 16  # the one delivered, and 16 ahead of it
+        assert api.charged == len(api.arrivals)
+        await items.aclose()
+        await anyio.sleep(60)
+        assert api.charged <= 1 + 16
+    assert client.credits.reserved == 0
+
+
+async def test_a_slow_consumer_holds_the_uploads_back() -> None:
+    api = FakeAPI(credits=None)
+    images = [prepared(i % 3) for i in range(40)]
+    async with _client(api, max_concurrency=4) as client, client.map(images, prefetch=8) as items:
+        await items.__anext__()
+        await anyio.sleep(30)  # a consumer busy with the first item
+        assert len(api.arrivals) <= 1 + 4  # delivered + max_concurrency ahead of it
+        rest = [item async for item in items]
+    assert len(rest) == 39
+    assert all(item.ok for item in rest)
+
+
+def test_the_blocking_map_left_early_through_a_named_generator_stops_too() -> None:
+    api = FakeAPI(latency=lambda: 0.2, credits=None)
+    with clipnormals.Client(
+        api_key=KEY, transport=api.transport(), rate_limit=FAST, max_concurrency=4
+    ) as client:
+        items = client.map([prepared(i % 3) for i in range(50)])
+        for _item in items:
+            started = len(api.arrivals)
+            break
+        import time
+
+        time.sleep(1.5)  # real time here: the blocking client runs its own event loop
+        assert len(api.arrivals) <= started + 4  # what was in flight, at most
+        items.close()

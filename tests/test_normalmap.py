@@ -592,3 +592,14 @@ def test_background_reaching_only_the_bottom_edge_is_not_filled() -> None:
     gap = (slice(64, height), slice(84, 116))
     assert not found[gap].any()
     assert found[mask].mean() > 0.95
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 2), (2, 1), (3, 3)])
+def test_the_tiniest_maps_decode(size: tuple[int, int]) -> None:
+    # The API returns a map the size of the upload, and preparation accepts 1x1 images.
+    buf = io.BytesIO()
+    Image.new("RGB", size, (128, 128, 255)).save(buf, "JPEG")
+    nm = NormalMap(buf.getvalue())
+    assert nm.mask.shape == (size[1], size[0])
+    assert not nm.mask.any()
+    assert nm.normals.shape == (size[1], size[0], 3)

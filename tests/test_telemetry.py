@@ -127,3 +127,16 @@ async def test_without_providers_the_global_no_op_ones_cost_nothing_visible() ->
     async with clipnormals.AsyncClient(api_key=KEY, transport=api.transport()) as client:
         await client.surface_normals(prepared())
     assert len(api.arrivals) == 1
+
+
+async def test_the_span_counts_every_charge_of_the_image(otel: Telemetry) -> None:
+    truncated = httpx.Response(
+        200,
+        content=b"\xff\xd8\xff\xe0" + b"\0" * 20,
+        headers={"content-type": "image/jpeg", "x-credits-consumed": "1"},
+    )
+    api = FakeAPI(credits=10, script=[truncated])
+    async with _client(api, otel) as client:
+        await client.surface_normals(prepared())
+    (span,) = otel.finished()
+    assert dict(span.attributes or {})["clipnormals.credits.consumed"] == 2

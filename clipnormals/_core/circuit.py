@@ -1,17 +1,25 @@
-"""The circuit breaker: stop trying to connect when the server cannot be reached.
+"""The circuit breaker: stop trying when the server cannot be reached or cannot answer.
 
-A client pointed at a host where nothing listens, or cut off from the network, would otherwise
-retry every image separately: eight attempts each, minutes per batch, while looking busy. The
-breaker counts *connection* failures (the request never reached a server: refused, DNS, connect
-timeout) in a row, across every request of the client. Any answer from the server, even an error
-status, closes the run.
+A client pointed at a host where nothing listens, cut off from the network, or behind a gateway
+whose upstream is down would otherwise retry every image separately: eight attempts each,
+minutes per batch, while looking busy. The breaker counts failures in a row across every request
+of the client, of two kinds:
 
-- closed: requests go out. ``failures`` consecutive connection failures open it (fewer, ``min(3,
-  failures)``, for a client that has never connected: a wrong URL should fail in seconds).
+- *connection failures*: the request never reached a server (refused, DNS, connect timeout).
+  ``failures`` of them in a row open the circuit; ``min(3, failures)`` for a client that has
+  never connected, so that a wrong URL fails in seconds.
+- *failed answers*: the server was reached but gave nothing usable: the connection was reset or
+  timed out before an answer, or the answer was a 5xx. These happen now and then to a healthy
+  API, so it takes ``4 * failures`` of them in a row, with no good answer in between.
+
+Any good answer (a 200, or a 4xx other than 429: the server is there and working) ends both
+runs; a 429 counts for neither.
+
+- closed: requests go out.
 - open: requests fail at once with :class:`~clipnormals.CircuitOpenError`, without I/O, for
   ``reset`` seconds.
-- half-open: after that, one request (the probe) goes out; the others still fail at once. The
-  probe's connection decides: it closes the circuit, or opens it for another ``reset`` seconds.
+- half-open: after that, one request (the probe) goes out; the others still fail at once. A
+  good answer to the probe closes the circuit; a failure opens it for another ``reset`` seconds.
 
 Time comes from the event loop's clock (``anyio.current_time``), like the limiter's.
 """
@@ -28,10 +36,11 @@ from .._errors import CircuitOpenError
 __all__ = ["CircuitBreaker"]
 
 _NEVER_CONNECTED_FAILURES = 3
+_ANSWER_FAILURES_PER_CONNECTION_FAILURE = 4
 
 
 class CircuitBreaker:
-    """Consecutive connection failures across one client, and whether to try at all.
+    """Failures in a row across one client, and whether to try at all.
 
     Example:
         >>> breaker = CircuitBreaker(failures=5, reset=30.0, host="api.example")
@@ -40,10 +49,11 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "_bad_answers",
+        "_connect_failures",
         "_connected_once",
         "_open_until",
         "_probing",
-        "_streak",
         "failures",
         "host",
         "last_error",
@@ -55,7 +65,8 @@ class CircuitBreaker:
         self.reset = reset
         self.host = host
         self.last_error = ""
-        self._streak = 0
+        self._connect_failures = 0
+        self._bad_answers = 0
         self._connected_once = False
         self._open_until = -math.inf
         self._probing = False
@@ -70,11 +81,6 @@ class CircuitBreaker:
     def _tripped(self) -> bool:
         return self._open_until != -math.inf
 
-    def _threshold(self) -> int:
-        if self._connected_once:
-            return self.failures
-        return min(_NEVER_CONNECTED_FAILURES, self.failures)
-
     def check(self) -> None:
         """Raise :class:`CircuitOpenError` while the circuit is open (no probe due yet)."""
         if (
@@ -86,8 +92,8 @@ class CircuitBreaker:
 
     def before_request(self) -> bool:
         """Raise :class:`CircuitOpenError` when the request must not go out; return True when
-        it goes out as the half-open probe (report its outcome with :meth:`connected` or
-        :meth:`connection_failed`, or :meth:`probe_abandoned` if it never left)."""
+        it goes out as the half-open probe (report its outcome as for any request, then call
+        :meth:`probe_done`)."""
         if self.failures == 0 or not self._tripped():
             return False
         if anyio.current_time() >= self._open_until and not self._probing:
@@ -102,32 +108,53 @@ class CircuitBreaker:
         """The error that says the circuit is open, why, and until when."""
         wait = max(0.0, self._open_until - anyio.current_time())
         when = "a probe is under way" if self._probing else f"next try in {wait:.0f}s"
+        if self._connect_failures >= self._bad_answers:
+            why = f"{self._connect_failures} connection failures in a row"
+            verb = "could not be reached"
+        else:
+            why = f"{self._bad_answers} failed answers in a row"
+            verb = "is not answering"
         return CircuitOpenError(
-            f"{prefix}{self.host} could not be reached ({self._streak} connection failures in "
-            f"a row, last: {self.last_error}); {when}",
+            f"{prefix}{self.host} {verb} ({why}, last: {self.last_error}); {when}",
             host=self.host,
         )
 
     def connected(self) -> None:
-        """The server answered (any status): close the circuit."""
+        """The server sent an answer's status line: it can be reached."""
         self._connected_once = True
-        self._streak = 0
+        self._connect_failures = 0
+
+    def succeeded(self) -> None:
+        """A good answer (a 200, or a 4xx other than 429): close the circuit."""
+        self._connect_failures = 0
+        self._bad_answers = 0
         self._open_until = -math.inf
         self._probing = False
 
     def connection_failed(self, error: str) -> bool:
         """A request could not reach the server; returns True when this opened the circuit."""
-        self._streak += 1
+        self._connect_failures += 1
+        threshold = self.failures if self._connected_once else _NEVER_CONNECTED_FAILURES
+        return self._failed(error, self._connect_failures >= min(threshold, self.failures))
+
+    def answer_failed(self, error: str) -> bool:
+        """The server was reached but gave no usable answer (a reset, a read timeout, a 5xx);
+        returns True when this opened the circuit."""
+        self._bad_answers += 1
+        threshold = _ANSWER_FAILURES_PER_CONNECTION_FAILURE * self.failures
+        return self._failed(error, self._bad_answers >= threshold)
+
+    def _failed(self, error: str, over: bool) -> bool:
         self.last_error = error
         was_probing, self._probing = self._probing, False
         if self.failures == 0:
             return False
-        if was_probing or (not self._tripped() and self._streak >= self._threshold()):
+        if was_probing or (not self._tripped() and over):
             self._open_until = anyio.current_time() + self.reset
             return True
         return False
 
     def probe_done(self) -> None:
-        """The probe's attempt is over. If it neither connected nor failed to connect (it was
-        cancelled, or failed after connecting), the next request may probe."""
+        """The probe's attempt is over. If its outcome decided nothing (it was cancelled, or
+        answered 429), the next request may probe."""
         self._probing = False

@@ -34,10 +34,11 @@ from .config import check_base_url, configure_logging_from_env, resolve_api_key,
 from .credits import CreditLedger, CreditPolicy, parse_credit_header
 from .http import REQUEST_ID_HEADERS, EventHooks, build_http_client
 from .limiter import Limiter, LocalLimiter, RateLimit
-from .map import MapIterator
+from .map import MapIterator, UploadPermit
 from .results import ClientStats
 from .retry import RetryPolicy
 from .session import SURFACE_NORMALS, Attempts, Endpoint, Session, StopSignal
+from .validate import require_instance, require_int, require_seconds
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -120,8 +121,19 @@ class AsyncClient:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+        _check_options(
+            api_key=api_key,
+            base_url=base_url,
+            rate_limit=rate_limit,
+            max_concurrency=max_concurrency,
+            retry=retry,
+            credits=credits,
+            limiter=limiter,
+            prepare=prepare,
+            http_client=http_client,
+            default_headers=default_headers,
+            event_hooks=event_hooks,
+        )
         if http_client is not None:
             clashing = [
                 name
@@ -368,7 +380,12 @@ class AsyncClient:
             raise ValueError("prefetch must not be negative")
         depth = self.max_concurrency + (self.max_concurrency if prefetch is None else prefetch)
         it: MapIterator[S] = MapIterator(
-            images, depth=depth, run=self._run_item, image=image, on_close=session.maps.discard
+            images,
+            depth=depth,
+            uploads=self.max_concurrency,
+            run=self._run_item,
+            image=image,
+            on_close=session.maps.discard,
         )
         session.maps.add(it)
         return it
@@ -396,16 +413,24 @@ class AsyncClient:
         self._session.check_open()
         return await self._prepared(SURFACE_NORMALS, image, name)
 
-    async def _run_item(self, image: Any) -> tuple[NormalMap, int] | tuple[ClipnormalsError, int]:
+    async def _run_item(
+        self, image: Any, permit: UploadPermit
+    ) -> tuple[NormalMap, int] | tuple[ClipnormalsError, int]:
         attempts = Attempts()
         try:
-            return await self._run(SURFACE_NORMALS, image, None, attempts, None)
+            return await self._run(SURFACE_NORMALS, image, None, attempts, None, permit)
         except ClipnormalsError as exc:
             return exc, attempts.count
         except Exception as exc:  # a bug must not sink a batch of thousands
-            logger.exception("unexpected error while processing an image")
-            error = ClipnormalsError(f"unexpected {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
+            secret = self._session.key.reveal()
+            logger.error(
+                "unexpected %s while processing an image: %s",
+                type(exc).__name__,
+                scrub(str(exc), secret),
+            )
+            error = ClipnormalsError(f"unexpected {type(exc).__name__}: {scrub(str(exc), secret)}")
+            if not isinstance(exc, httpx.HTTPError):  # an httpx error holds the request, the key
+                error.__cause__ = exc
             return error, attempts.count
 
     async def _run(
@@ -415,6 +440,7 @@ class AsyncClient:
         name: str | None,
         attempts: Attempts,
         http_timeout: httpx.Timeout | None,
+        permit: UploadPermit | None = None,
     ) -> tuple[NormalMap, int]:
         session = self._session
         session.check_open()
@@ -422,6 +448,8 @@ class AsyncClient:
         session.ledger.check()  # credits gone for good: fail before any Pillow work
         session.circuit.check()  # the server cannot be reached: likewise
         prepared = await self._prepared(endpoint, image, name)
+        if permit is not None:
+            await permit.acquire()  # no further ahead of the consumer than max_concurrency
         body, headers = await session.send(
             endpoint,
             prepared,
@@ -439,7 +467,7 @@ class AsyncClient:
                 flip_x=self._flip[0],
                 flip_y=self._flip[1],
                 headers=_answer_headers(headers, session.key.reveal()),
-                request_id=next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None),
+                request_id=_request_id(headers, session.key.reveal()),
                 synthetic=headers.get("x-emulator") == "clipnormals",
             )
         except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
@@ -476,7 +504,70 @@ class AsyncClient:
 
 
 def _as_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:
-    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+    """An httpx.Timeout from seconds; every phase must be a positive number of seconds (a zero
+    would make every request fail as if the server could not be reached)."""
+    if isinstance(timeout, httpx.Timeout):
+        for phase in ("connect", "read", "write", "pool"):
+            seconds = getattr(timeout, phase)
+            if seconds is not None:
+                require_seconds(f"timeout.{phase}", seconds, positive=True)
+        return timeout
+    require_seconds("timeout", timeout, positive=True)
+    return httpx.Timeout(timeout)
+
+
+_HOOKS = frozenset({"request", "response"})
+
+
+def _check_options(
+    *,
+    api_key: object,
+    base_url: object,
+    rate_limit: object,
+    max_concurrency: object,
+    retry: object,
+    credits: object,
+    limiter: object,
+    prepare: object,
+    http_client: object,
+    default_headers: object,
+    event_hooks: object,
+) -> None:
+    """Wrong types fail here, with the argument's name, instead of deep inside."""
+    if api_key is not None:
+        require_instance("api_key", api_key, str, "a string")
+    if base_url is not None:
+        require_instance("base_url", base_url, str, "a string such as 'https://clipdrop-api.co'")
+    require_int("max_concurrency", max_concurrency, minimum=1)
+    for name, value, kind in (
+        ("rate_limit", rate_limit, RateLimit),
+        ("retry", retry, RetryPolicy),
+        ("credits", credits, CreditPolicy),
+        ("prepare", prepare, PrepareOptions),
+        ("http_client", http_client, httpx.AsyncClient),
+    ):
+        if value is not None:
+            require_instance(
+                name, value, kind, f"a {kind.__module__.split('.')[0]}.{kind.__name__}"
+            )
+    if limiter is not None and not isinstance(limiter, Limiter):
+        raise TypeError("limiter must have async acquire() and cooldown(seconds) (a Limiter)")
+    if default_headers is not None:
+        require_instance("default_headers", default_headers, Mapping, "a mapping of str to str")
+        for name, value in default_headers.items():  # type: ignore[attr-defined]
+            if not (isinstance(name, str) and isinstance(value, str)):
+                raise TypeError("default_headers must map str to str")
+            if not (name.isascii() and value.isascii()):
+                raise ValueError(f"default_headers: {name!r} is not plain ASCII (HTTP headers are)")
+    if event_hooks is not None:
+        require_instance("event_hooks", event_hooks, Mapping, "a mapping of hook name to a list")
+        for name, functions in event_hooks.items():  # type: ignore[attr-defined]
+            if name not in _HOOKS:
+                raise ValueError(
+                    f"event_hooks: unknown hook {name!r}; httpx has 'request', 'response'"
+                )
+            if callable(functions) or not all(callable(f) for f in functions):
+                raise TypeError(f"event_hooks[{name!r}] must be a list of callables")
 
 
 _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
@@ -490,3 +581,9 @@ def _answer_headers(headers: httpx.Headers, secret: str) -> dict[str, str]:
         for k, v in headers.items()
         if k.lower() not in _PRIVATE_HEADERS
     }
+
+
+def _request_id(headers: httpx.Headers, secret: str) -> str | None:
+    """The answer's request id, scrubbed like the other headers."""
+    found = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
+    return None if found is None else scrub(found, secret)

@@ -103,20 +103,22 @@ def check_base_url(base_url: str) -> httpx.URL:
     return url
 
 
-def proxy_environment(host: str) -> list[str]:
-    """The proxy environment variables that would apply to ``host`` (empty when ``NO_PROXY``
-    exempts it, or none is set).
+def proxy_environment(scheme: str, host: str) -> list[str]:
+    """The proxy environment variables that would apply to a ``scheme`` request to ``host``:
+    ``HTTPS_PROXY`` for https, ``HTTP_PROXY`` for http, ``ALL_PROXY`` for both (either case);
+    empty when ``NO_PROXY`` exempts the host, or for a loopback host (the client never sends
+    those through a proxy).
 
     Example:
-        >>> import os
-        >>> os.environ.get("NO_PROXY") == "*" or isinstance(proxy_environment("example.com"), list)
-        True
+        >>> proxy_environment("http", "127.0.0.1")
+        []
     """
-    proxies = urllib.request.getproxies_environment()
-    # proxy_bypass_environment reads NO_PROXY as httpx does (typeshed lacks it).
-    if not proxies or urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
+    if is_loopback_host(host):
         return []
-    names = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    # proxy_bypass_environment reads NO_PROXY as httpx does (typeshed lacks it).
+    if urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
+        return []
+    names = [f"{scheme.upper()}_PROXY", f"{scheme.lower()}_proxy", "ALL_PROXY", "all_proxy"]
     return [name for name in names if os.environ.get(name)]
 
 

@@ -20,7 +20,11 @@ might give their reservation back, it waits for them instead of giving up too ea
 a charged attempt needs a reservation of its own, so the budget caps retries too. When the
 server reports the balance, a 402 cannot happen for a single client.
 
-Until the first answer tells the balance, one attempt at a time is in flight (the probe).
+Until the first answer tells the balance, one attempt at a time is in flight (the probe). The
+cost of a call is ``x-credits-consumed``; a server that reports only the balance (an older
+version of the API) is probed one attempt at a time until two balances around one charge show
+the cost (three probes at most; then one credit a call is assumed). The first call's cost can
+only be learned from its answer: a budget smaller than one call can be overrun by that call.
 
 Answers can arrive out of order: a slow one may carry a balance older than one already seen.
 Without top-ups the balance only falls, so the lowest report is the newest; a higher one is
@@ -42,6 +46,7 @@ from .._errors import (
     InsufficientCreditsError,
     PermissionDeniedError,
 )
+from .validate import require_int
 
 __all__ = ["CreditLedger", "CreditPolicy", "Reservation", "parse_credit_header"]
 
@@ -54,8 +59,9 @@ class CreditPolicy:
         reserve: credits to leave untouched on the account; requests stop when sending one more
             could take the balance below this.
         budget: the most credits this client may spend in all, charges the server may have made
-            without answering included (``None``: no budget). A hard cap: the server never
-            charges this client more.
+            without answering included (``None``: no budget). A hard cap once the cost of a
+            call is known: the first call's cost is learned from its answer, so a budget
+            smaller than one call can be overrun by that call.
 
     Example:
         >>> CreditPolicy(reserve=10, budget=500).budget
@@ -66,14 +72,20 @@ class CreditPolicy:
     budget: int | None = None
 
     def __post_init__(self) -> None:
-        if self.reserve < 0:
-            raise ValueError("CreditPolicy.reserve must not be negative")
-        if self.budget is not None and self.budget < 0:
-            raise ValueError("CreditPolicy.budget must not be negative")
+        require_int("CreditPolicy.reserve", self.reserve, minimum=0)
+        if self.budget is not None:
+            require_int("CreditPolicy.budget", self.budget, minimum=0)
+
+
+#: Larger values are not believed: a call costs a few credits (1 at the time of writing, per the
+#: API's documentation), and a balance of more than this is no account's.
+_MAX_CREDITS = {"x-credits-consumed": 10_000, "x-remaining-credits": 10**12}
 
 
 def parse_credit_header(headers: Mapping[str, str], name: str) -> int | None:
-    """An integer credit header, or ``None`` when absent or not a plain non-negative number.
+    """An integer credit header, or ``None`` when absent, not a plain non-negative number, or
+    beyond belief (a call costing more than 10,000 credits: a broken proxy or a hostile server
+    would otherwise make every later call refused).
 
     Example:
         >>> parse_credit_header({"x-remaining-credits": " 42 "}, "x-remaining-credits")
@@ -95,7 +107,9 @@ def parse_credit_header(headers: Mapping[str, str], name: str) -> int | None:
         if not as_float.is_integer():
             return None
         value = int(as_float)
-    return value if value >= 0 else None
+    if value < 0 or value > _MAX_CREDITS.get(name.lower(), 10**12):
+        return None
+    return value
 
 
 class Reservation:
@@ -147,8 +161,9 @@ class Reservation:
             spent = self.amount  # the API's answer, from a version that does not say the cost
         else:
             spent = 0  # an error, or a 200 that is not the API's (a proxy's page)
-        self._settle(spent=spent, consumed_header=consumed, remaining=remaining, answered=True)
-        return spent
+        return self._settle(
+            spent=spent, consumed_header=consumed, remaining=remaining, answered=True
+        )
 
     def unanswered(self) -> None:
         """The request went out and no answer came: it may have been charged."""
@@ -162,11 +177,11 @@ class Reservation:
 
     def _settle(
         self, *, spent: int, consumed_header: int | None, remaining: int | None, answered: bool
-    ) -> None:
+    ) -> int:
         if self._settled:
-            return
+            return 0
         self._settled = True
-        self._ledger._settle(
+        return self._ledger._settle(
             self,
             spent=spent,
             consumed_header=consumed_header,
@@ -195,8 +210,12 @@ class CreditLedger:
 
     __slots__ = (
         "__weakref__",
+        "_assumed",
         "_changed",
+        "_cost_known",
         "_halted",
+        "_last_probe_balance",
+        "_probes_without_cost",
         "_probing",
         "_reported",
         "_uncertain_epoch",
@@ -217,6 +236,10 @@ class CreditLedger:
         self.uncertain = 0
         self.unit = 1
         self._reported: bool | None = None  # does the server report the balance? None: unknown
+        self._cost_known = False  # from x-credits-consumed, or from balances around a charge
+        self._assumed = 0  # charges counted at the assumed cost, before it was known
+        self._last_probe_balance: int | None = None
+        self._probes_without_cost = 0
         self._probing = False
         self._halted: InsufficientCreditsError | PermissionDeniedError | None = None
         self._uncertain_epoch = 0  # bumped by every unanswered attempt
@@ -287,7 +310,7 @@ class CreditLedger:
             self.check_halted()
             reason = self._refusal()
             if reason is None:
-                probe = self.remaining is None and self._reported is None
+                probe = self._needs_probe()
                 if not (probe and self._probing):
                     self.reserved += self.unit
                     self._probing = self._probing or probe
@@ -297,6 +320,29 @@ class CreditLedger:
                 raise CreditBudgetError(reason)
             changed = self._changed
             await changed.wait()
+
+    def _needs_probe(self) -> bool:
+        if self.remaining is None and self._reported is None:
+            return True  # the balance is not known yet
+        # The cost is not known, and balances could tell it: probe one at a time.
+        return not self._cost_known and bool(self._reported)
+
+    def _learn_cost(self, reservation: Reservation, spent: int, remaining: int | None) -> int:
+        """What a charged answer without ``x-credits-consumed`` cost; learns the cost of a
+        call from two probes' balances. Returns the charge to count."""
+        if not reservation.probe or remaining is None:
+            return spent
+        before, self._last_probe_balance = self._last_probe_balance, remaining
+        self._probes_without_cost += 1
+        if before is not None and remaining < before:
+            cost = before - remaining  # one charge between two sequential probes' balances
+            self.consumed += self._assumed * (cost - self.unit)  # earlier guesses, corrected
+            self.unit, self._cost_known = cost, True
+            return cost
+        if self._probes_without_cost >= 3:
+            self._cost_known = True  # no fall to read it from: keep the assumed cost
+        self._assumed += 1
+        return spent
 
     def _refusal(self) -> str | None:
         cost = self.unit
@@ -329,7 +375,8 @@ class CreditLedger:
         consumed_header: int | None,
         remaining: int | None,
         answered: bool,
-    ) -> None:
+    ) -> int:
+        """Settle one attempt; returns the credits it was counted as costing."""
         self.reserved -= reservation.amount
         if reservation.probe:
             self._probing = False
@@ -338,7 +385,7 @@ class CreditLedger:
             self._unreported += reservation.amount
             self._uncertain_epoch += 1
             self._notify()
-            return
+            return 0
         # Charges the server may have made between this attempt's charge and the newest balance
         # already seen: those of attempts that finished meanwhile, those still in flight, and
         # those left unanswered meanwhile.
@@ -349,9 +396,13 @@ class CreditLedger:
             + self.uncertain
             - reservation.uncertain_at_start
         )
+        if consumed_header is not None:
+            self._cost_known = True
+            if consumed_header > self.unit:
+                self.unit = consumed_header
+        elif spent and not self._cost_known:
+            spent = self._learn_cost(reservation, spent, remaining)
         self.consumed += spent
-        if consumed_header is not None and consumed_header > self.unit:
-            self.unit = consumed_header
         if spent and self._reported is None:
             self._reported = remaining is not None
         if remaining is not None and reservation.uncertain_epoch == self._uncertain_epoch:
@@ -359,6 +410,7 @@ class CreditLedger:
             self._unreported = 0
         self._update_remaining(remaining, spent=spent, in_between=in_between)
         self._notify()
+        return spent
 
     def _update_remaining(self, reported: int | None, *, spent: int, in_between: int) -> None:
         if reported is None:

@@ -23,10 +23,12 @@ import httpx
 
 from .._errors import APIConnectionError, APITimeoutError, scrub
 from .._version import __version__
-from .config import proxy_environment
+from .config import is_loopback_host, proxy_environment
 
 __all__ = [
+    "MAX_MAP_BYTES",
     "REQUEST_ID_HEADERS",
+    "AnswerTooLargeError",
     "EventHooks",
     "build_http_client",
     "describe_transport_error",
@@ -58,16 +60,31 @@ def build_http_client(
     default_headers: Mapping[str, str] | None,
     event_hooks: EventHooks | None,
 ) -> httpx.AsyncClient:
-    """The httpx client for these settings (the caller closes it)."""
+    """The httpx client for these settings (the caller closes it).
+
+    A loopback host (an emulator) is never reached through a proxy: proxy environment
+    variables are not applied to it, and an explicit ``proxy`` with plain http to loopback is
+    refused, since the proxy would read the key.
+    """
     if transport is not None and proxy is not None:
         raise ValueError("pass either transport= or proxy=, not both (configure the transport)")
-    if transport is not None and proxy_environment(base_url.host):
+    loopback = is_loopback_host(base_url.host)
+    if proxy is not None and loopback and base_url.scheme == "http":
+        raise ValueError(
+            "refusing to send the API key over plain http through a proxy (the proxy would "
+            f"read it): {base_url.host} is a loopback host, reach it directly (no proxy=)"
+        )
+    applicable = proxy_environment(base_url.scheme, base_url.host)
+    if transport is not None and applicable:
         logger.warning(
             "a proxy environment variable is set (%s), but a custom transport= was given: "
             "httpx does not apply proxy variables to it, so requests go direct; pass proxy= "
             "or configure the transport",
-            ", ".join(proxy_environment(base_url.host)),
+            ", ".join(applicable),
         )
+    # httpx would route even 127.0.0.1 through HTTP_PROXY unless NO_PROXY says otherwise.
+    host = f"[{base_url.host}]" if ":" in base_url.host else base_url.host  # IPv6 in brackets
+    mounts = {f"all://{host}": None} if loopback and proxy is None else None
     if isinstance(verify, str):  # a CA bundle file or folder, as requests and httpx once took
         if os.path.isdir(verify):
             verify = ssl.create_default_context(capath=verify)
@@ -87,45 +104,66 @@ def build_http_client(
         headers=headers,
         event_hooks=hooks,
         follow_redirects=False,
+        mounts=mounts,
     )
 
 
-async def read_body(response: httpx.Response, cap: int | None) -> bytes:
-    """The body, or its first ``cap`` bytes (an error page needs no more)."""
-    if cap is None:
-        return await response.aread()
+#: The largest answer body read, decoded: a normal map is a JPEG of at most 25,000,000 pixels
+#: (the API's documented input limit), far below this; more is a broken or hostile server (an
+#: endless body, a compression bomb), refused before it fills the memory.
+MAX_MAP_BYTES = 128 * 1024 * 1024
+
+
+class AnswerTooLargeError(httpx.DecodingError):
+    """A body over :data:`MAX_MAP_BYTES` (an httpx error, so it is translated like theirs)."""
+
+
+async def read_body(response: httpx.Response, cap: int, *, truncate: bool) -> bytes:
+    """The decoded body: its first ``cap`` bytes when ``truncate`` (an error page needs no
+    more), else all of it, refused with :class:`AnswerTooLargeError` past ``cap`` bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         size += len(chunk)
-        if size >= cap:
-            break
+        if size > cap:
+            if truncate:
+                break
+            raise AnswerTooLargeError(
+                f"the answer's body is larger than {cap} bytes: not a normal map",
+                request=response.request,
+            )
     return b"".join(chunks)[:cap]
 
 
-def describe_transport_error(exc: httpx.TransportError, secret: str) -> str:
+def describe_transport_error(exc: httpx.RequestError, secret: str) -> str:
     """httpx's message, and the operating system's reason when httpx hides it underneath
     ("All connection attempts failed" says less than "Connection refused"), without the key."""
-    text = str(exc).strip() or "no detail"
+    parts = [str(exc).strip()]
     cause: BaseException | None = exc.__cause__ or exc.__context__
     for _ in range(8):  # a short chain; never a cycle
         if cause is None:
             break
+        if isinstance(cause, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+            reason = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+            parts.append(str(reason))
+            break
         if isinstance(cause, OSError) and (cause.errno or cause.strerror):
-            reason = os.strerror(cause.errno) if cause.errno else str(cause.strerror)
-            if reason not in text:
-                text = f"{text}: {reason}"
+            parts.append(os.strerror(cause.errno) if cause.errno else str(cause.strerror))
             break
         cause = cause.__cause__ or cause.__context__
+    kept = [p for i, p in enumerate(parts) if p and not any(p in q for q in parts[:i])]
+    text = ": ".join(kept) or "no detail"
     return scrub(f"{text} ({type(exc).__name__})", secret)
 
 
-def translate(exc: httpx.TransportError, secret: str) -> APIConnectionError:
+def translate(exc: httpx.RequestError, secret: str) -> APIConnectionError:
     """Our error for an httpx transport error (not chained to it: it holds the request)."""
     detail = describe_transport_error(exc, secret)
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"timed out: {detail}")
+    if isinstance(exc, httpx.DecodingError):
+        return APIConnectionError(f"the answer could not be decoded: {detail}")
     return APIConnectionError(f"connection failed: {detail}")
 
 

@@ -16,9 +16,14 @@ Who owns the pump:
   iterator, so the iterator dies with the loop that used it); so do :meth:`MapIterator.aclose`
   and closing the client.
 
-Either way, once the consumer is gone no new upload starts: the only images that may still be
-charged are the requests already in flight at that moment. Cancelled workers release their
-slots, tokens and credit reservations through the ``async with`` blocks they are in.
+Uploads run at most ``max_concurrency`` ahead of the consumer: an image may start its upload
+only with an :class:`UploadPermit`, held until its item is delivered. Workers prepare further
+ahead (``prefetch``), but send nothing more. So whatever way the consumer stops taking items,
+at most ``max_concurrency`` images are charged beyond those it received: when the iterator is
+closed or dropped, only the requests in flight at that moment; when it is still referenced
+(a loop left with ``break`` over a named iterator, a traceback keeping it alive), at most
+``max_concurrency`` in all until it is closed. Cancelled workers release their slots, tokens
+and credit reservations through the ``async with`` blocks they are in.
 
 A source iterable that raises stops the pump, cancels the images in progress, and the error is
 raised bare by the iterator after the items already delivered.
@@ -48,10 +53,36 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._errors import ClipnormalsError
 from .results import MapItem
 
-__all__ = ["MapIterator"]
+__all__ = ["MapIterator", "UploadPermit"]
 
 S = TypeVar("S")
-_Run = Callable[[Any], Awaitable[tuple[Any, int]]]
+
+
+class UploadPermit:
+    """The right of one image to start its upload; held until its item is delivered.
+
+    The client acquires it after preparing the image, before any credit, slot or token.
+    """
+
+    __slots__ = ("_gate", "_held")
+
+    def __init__(self, gate: anyio.Semaphore) -> None:
+        self._gate = gate
+        self._held = False
+
+    async def acquire(self) -> None:
+        """Wait until fewer than ``max_concurrency`` uploads are ahead of the consumer."""
+        await self._gate.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        """The item was delivered (or will never be): let another upload start."""
+        if self._held:
+            self._held = False
+            self._gate.release()
+
+
+_Run = Callable[[Any, UploadPermit], Awaitable[tuple[Any, int]]]
 
 
 class _Tally:
@@ -92,12 +123,14 @@ class MapIterator(Generic[S]):
         sources: Iterable[S] | AsyncIterable[S],
         *,
         depth: int,
+        uploads: int,
         run: _Run,
         image: Callable[[S], Any] | None,
         on_close: Callable[[MapIterator[Any]], None],
     ) -> None:
         self._sources = sources
         self._depth = depth
+        self._uploads = uploads
         self._run = run
         self._image = image
         self._on_close = on_close
@@ -124,7 +157,10 @@ class MapIterator(Generic[S]):
         """Make the streams; return the pump to run (it holds the send side, not ``self``)."""
         send, receive = anyio.create_memory_object_stream[MapItem[S]](0)
         self._receive = receive
-        return _Pump(self._sources, self._depth, self._run, self._image, self._tally, send).run
+        pump = _Pump(
+            self._sources, self._depth, self._uploads, self._run, self._image, self._tally, send
+        )
+        return pump.run
 
     async def __anext__(self) -> MapItem[S]:
         if self._closed:
@@ -223,12 +259,13 @@ class MapIterator(Generic[S]):
 class _Pump(Generic[S]):
     """The workers. Holds the sources and the send side, never the iterator."""
 
-    __slots__ = ("_depth", "_image", "_run", "_send", "_sources", "_tally")
+    __slots__ = ("_depth", "_image", "_run", "_send", "_sources", "_tally", "_uploads")
 
     def __init__(
         self,
         sources: Iterable[S] | AsyncIterable[S],
         depth: int,
+        uploads: int,
         run: _Run,
         image: Callable[[S], Any] | None,
         tally: _Tally,
@@ -236,6 +273,7 @@ class _Pump(Generic[S]):
     ) -> None:
         self._sources = sources
         self._depth = depth
+        self._uploads = uploads
         self._run = run
         self._image = image
         self._tally = tally
@@ -247,10 +285,11 @@ class _Pump(Generic[S]):
         # is the bound on sources and results alive at once.
         sources = _Sources(self._sources)
         turn = anyio.Lock()
+        gate = anyio.Semaphore(self._uploads)
         try:
             async with send, anyio.create_task_group() as tg:
                 for _ in range(self._depth):
-                    tg.start_soon(self._work, sources, turn, send.clone(), tg.cancel_scope)
+                    tg.start_soon(self._work, sources, turn, gate, send.clone(), tg.cancel_scope)
         finally:
             with anyio.CancelScope(shield=True):
                 await sources.aclose()
@@ -259,6 +298,7 @@ class _Pump(Generic[S]):
         self,
         sources: _Sources[S],
         turn: anyio.Lock,
+        gate: anyio.Semaphore,
         send: MemoryObjectSendStream[MapItem[S]],
         scope: anyio.CancelScope,
     ) -> None:
@@ -284,16 +324,20 @@ class _Pump(Generic[S]):
                         tally.failure = exc
                     scope.cancel()
                     return
-                value, attempts = await self._run(image)
-                if isinstance(value, ClipnormalsError):
-                    item = MapItem(index=index, source=source, error=value, attempts=attempts)
-                else:
-                    item = MapItem(index=index, source=source, result=value, attempts=attempts)
+                permit = UploadPermit(gate)
                 try:
-                    await send.send(item)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    scope.cancel()  # the consumer went away: start nothing more
-                    return
+                    value, attempts = await self._run(image, permit)
+                    if isinstance(value, ClipnormalsError):
+                        item = MapItem(index=index, source=source, error=value, attempts=attempts)
+                    else:
+                        item = MapItem(index=index, source=source, result=value, attempts=attempts)
+                    try:
+                        await send.send(item)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        scope.cancel()  # the consumer went away: start nothing more
+                        return
+                finally:
+                    permit.release()
 
 
 class _Sources(Generic[S]):

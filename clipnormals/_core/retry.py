@@ -22,7 +22,6 @@ Only this module imports tenacity; users never see ``tenacity.RetryError``.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from .._errors import (
     RateLimitError,
     ServerError,
 )
+from .validate import require_int, require_seconds
 
 __all__ = ["RetryPolicy"]
 
@@ -54,8 +54,10 @@ class RetryPolicy:
         max_retry_after: the longest wait a server's ``Retry-After`` may impose, in seconds, on a
             429 (a pause of every sender) or on another retried error (a server asking for an
             hour is capped to this, then ``total`` decides).
-        total: the most time one image may spend from its first attempt to the end of its last,
-            in seconds.
+        total: the most time one image may spend from the start of its first attempt to the end
+            of its last, in seconds (waits for the quota between attempts included; the wait
+            before the first attempt is not). A retry that could not start in time is not made:
+            the last error is raised.
         attempt_timeout: the most one attempt may take, from its start to the last byte of its
             answer, in seconds (the client's ``timeout`` bounds each network phase; this bounds
             the whole).
@@ -89,16 +91,11 @@ class RetryPolicy:
     retry_connection_errors: bool = True
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("RetryPolicy.attempts must be at least 1")
-        if self.circuit_failures < 0:
-            raise ValueError("RetryPolicy.circuit_failures must not be negative")
+        require_int("RetryPolicy.attempts", self.attempts, minimum=1)
+        require_int("RetryPolicy.circuit_failures", self.circuit_failures, minimum=0)
         for name in ("initial", "max_backoff", "max_retry_after", "total", "circuit_reset"):
-            value = getattr(self, name)
-            if not (value >= 0 and not math.isnan(value)):
-                raise ValueError(f"RetryPolicy.{name} must not be negative")
-        if not (self.attempt_timeout > 0 and not math.isnan(self.attempt_timeout)):
-            raise ValueError("RetryPolicy.attempt_timeout must be positive")
+            require_seconds(f"RetryPolicy.{name}", getattr(self, name))
+        require_seconds("RetryPolicy.attempt_timeout", self.attempt_timeout, positive=True)
 
     @classmethod
     def disabled(cls) -> RetryPolicy:
@@ -145,13 +142,21 @@ class RetryPolicy:
         if that is less (never below zero)."""
         return max(0.0, min(self.attempt_timeout, self.total - (now - started)))
 
-    def retrying(self, *, clock: Callable[[], float], started: float) -> tenacity.AsyncRetrying:
-        """A tenacity loop for one image whose first attempt started at ``started`` on ``clock``.
+    def retrying(
+        self, *, clock: Callable[[], float], started: Callable[[], float | None]
+    ) -> tenacity.AsyncRetrying:
+        """A tenacity loop for one image; ``started()`` is when its first attempt started on
+        ``clock`` (``None`` before: waiting for the quota before the first attempt does not
+        count against ``total``).
 
         Failures end with the last exception re-raised (never ``tenacity.RetryError``).
         """
         policy = self
         errors = 0  # failed attempts that were not 429s
+
+        def elapsed() -> float:
+            first = started()
+            return 0.0 if first is None else clock() - first
 
         def wait(state: tenacity.RetryCallState) -> float:
             nonlocal errors
@@ -166,7 +171,12 @@ class RetryPolicy:
         def stop(state: tenacity.RetryCallState) -> bool:
             if errors >= policy.attempts:
                 return True
-            return clock() - started + (state.upcoming_sleep or 0.0) > policy.total
+            exc = state.outcome.exception() if state.outcome else None
+            upcoming = state.upcoming_sleep or 0.0
+            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+                # The shared pause the server asked for comes before the next attempt.
+                upcoming = min(exc.retry_after, policy.max_retry_after)
+            return elapsed() + upcoming >= policy.total
 
         return tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(self.is_retryable),

@@ -42,6 +42,8 @@ from .._errors import (
 from .circuit import CircuitBreaker
 from .credits import CreditLedger, Reservation, parse_credit_header
 from .http import (
+    MAX_MAP_BYTES,
+    AnswerTooLargeError,
     describe_transport_error,
     host_label,
     image_body_problem,
@@ -90,9 +92,10 @@ SURFACE_NORMALS = Endpoint(path="/portrait-surface-normals/v1")
 
 @dataclass(slots=True)
 class Attempts:
-    """HTTP attempts made for one image so far."""
+    """HTTP attempts made for one image so far, and when the first one started."""
 
     count: int = 0
+    first_started: float | None = None
 
 
 class _Secret:
@@ -237,18 +240,23 @@ class Session:
                 f"{os.getpid()} (a fork): its connections and event loop stayed with the parent. "
                 "Create one client per process, after the fork"
             )
-        if not bind:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # map() is a plain function: it may be called outside a loop
+            running = None
+        bound = self.loop
+        if bound is None:
+            if bind and running is not None:
+                self.loop = running
             return
-        loop = asyncio.get_running_loop()
-        if self.loop is None:
-            self.loop = loop
-        elif loop is not self.loop:
-            state = "has ended" if self.loop.is_closed() else "is still running elsewhere"
-            raise ClientClosedError(
-                "this client belongs to the event loop it was first used in, which "
-                f"{state}; nothing was sent. Create the client inside the event loop that "
-                "uses it (for example inside the coroutine given to asyncio.run), one per loop"
-            )
+        if running is bound or (running is None and not bound.is_closed()):
+            return
+        state = "has ended" if bound.is_closed() else "is still running elsewhere"
+        raise ClientClosedError(
+            "this client belongs to the event loop it was first used in, which "
+            f"{state}; nothing was sent. Create the client inside the event loop that "
+            "uses it (for example inside the coroutine given to asyncio.run), one per loop"
+        )
 
     async def aclose(self) -> None:
         """Stop every ``map`` in progress and close the connection pool if it is ours.
@@ -283,15 +291,19 @@ class Session:
     ) -> tuple[bytes, httpx.Headers]:
         """Upload ``prepared`` until an answer is a normal map or the retry policy gives up;
         returns the body and headers of the 200."""
-        started = anyio.current_time()
+        last_error: BaseException | None = None
         with self.telemetry.image() as span:
-            async for attempt in retry.retrying(clock=anyio.current_time, started=started):
+            retrying = retry.retrying(
+                clock=anyio.current_time, started=lambda: attempts.first_started
+            )
+            async for attempt in retrying:
                 with attempt:
                     return await self._attempt(
-                        endpoint, prepared, retry, http_timeout, started, attempts, span, stop
+                        endpoint, prepared, retry, http_timeout, attempts, span, stop, last_error
                     )
                 outcome = attempt.retry_state.outcome
                 exc = outcome.exception() if outcome is not None else None
+                last_error = exc
                 if exc is not None and retry.is_retryable(exc):
                     logger.info(
                         "%s: attempt %d failed (%s)",
@@ -307,10 +319,10 @@ class Session:
         prepared: PreparedImage,
         retry: RetryPolicy,
         http_timeout: httpx.Timeout | None,
-        started: float,
         attempts: Attempts,
         span: ImageSpan,
         stop: StopSignal,
+        last_error: BaseException | None,
     ) -> tuple[bytes, httpx.Headers]:
         """One attempt: a credit reservation, a slot, a token, then the exchange.
 
@@ -328,8 +340,14 @@ class Session:
             # A stop's cancellation ends in that scope; a cancellation from outside goes on.
             stop.check()
             self.ledger.check_halted()
-            probe = self.circuit.before_request()
             now = anyio.current_time()
+            first = attempts.first_started if attempts.first_started is not None else now
+            deadline = retry.attempt_deadline(first, now)
+            if deadline <= 0 and last_error is not None:
+                # ``total`` ran out while this retry waited for the quota: it is not made.
+                raise last_error
+            attempts.first_started = first
+            probe = self.circuit.before_request()
             counters = self.counters
             self.telemetry.attempt(span, retry=attempts.count > 0, waited=now - started_waiting)
             if attempts.count:
@@ -339,10 +357,9 @@ class Session:
             if counters.first_attempt_at is None:
                 counters.first_attempt_at = now
             counters.last_attempt_at = now
-            deadline = retry.attempt_deadline(started, now)
             try:
                 status, headers, body = await self._exchange(
-                    endpoint, prepared, reservation, deadline, http_timeout
+                    endpoint, prepared, reservation, deadline, http_timeout, span
                 )
             finally:
                 if probe:
@@ -364,10 +381,11 @@ class Session:
         counters.statuses[status] = counters.statuses.get(status, 0) + 1
         if status == 200:
             self._check_image(headers, body)
+            self.circuit.succeeded()
             counters.successes += 1
             self.rate_limit_streak = 0
             return body, headers
-        await self._handle_error(status, headers, body, retry)
+        await self._handle_error(status, headers, body, retry, endpoint)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _exchange(
@@ -377,6 +395,7 @@ class Session:
         reservation: Reservation,
         deadline: float,
         http_timeout: httpx.Timeout | None,
+        span: ImageSpan,
     ) -> tuple[int, httpx.Headers, bytes]:
         """Send the request; settle the reservation from the answer's headers, then read the
         body, all within ``deadline`` seconds.
@@ -392,19 +411,24 @@ class Session:
             headers={"x-api-key": self.key.reveal(), "accept": endpoint.accept},
             timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
         )
-        failure: APIConnectionError
+        failure: APIConnectionError | UnexpectedResponseError
         maybe_charged = True  # did the whole request possibly reach the server?
         answered = False
         try:
             with anyio.fail_after(deadline):
-                response = await self.http.send(request, stream=True)
+                # Never a redirect, even through an http_client that follows them: httpx would
+                # carry the key header to wherever the server points.
+                response = await self.http.send(request, stream=True, follow_redirects=False)
                 try:
                     answered = True
                     self.circuit.connected()
-                    reservation.answered(response.status_code, response.headers)
+                    spent = reservation.answered(response.status_code, response.headers)
+                    span.charged(spent)
                     self.telemetry.outcome(status=response.status_code, error=None)
-                    cap = None if response.status_code == 200 else _MAX_ERROR_BODY
-                    body = await read_body(response, cap)
+                    if response.status_code == 200:
+                        body = await read_body(response, MAX_MAP_BYTES, truncate=False)
+                    else:
+                        body = await read_body(response, _MAX_ERROR_BODY, truncate=True)
                 finally:
                     await response.aclose()
                 return response.status_code, response.headers, body
@@ -413,6 +437,8 @@ class Session:
                 f"no complete answer from {self.circuit.host} within {deadline:.1f}s "
                 "(the attempt's deadline)"
             )
+            if self.circuit.answer_failed(failure.message):
+                failure = self.circuit.open_error()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
             detail = describe_transport_error(exc, self.key.reveal())
             if self.circuit.connection_failed(detail):
@@ -425,6 +451,16 @@ class Session:
             failure = translate(exc, self.key.reveal())
             maybe_charged = False
         except httpx.TransportError as exc:
+            failure = translate(exc, self.key.reveal())
+            if self.circuit.answer_failed(failure.message):  # reached, then nothing usable
+                failure = self.circuit.open_error()
+        except AnswerTooLargeError as exc:
+            failure = UnexpectedResponseError(
+                f"{exc} (a broken proxy, or not the API)", status_code=200, headers={}
+            )
+        except httpx.RequestError as exc:
+            # Anything else httpx raises while reading (a body its content-encoding cannot
+            # decode, say), and an answer larger than any normal map: not chained either.
             failure = translate(exc, self.key.reveal())
         except BaseException:
             if not answered:
@@ -453,12 +489,21 @@ class Session:
             # Most likely cut short on the way (a proxy, a reset): worth another attempt. It
             # was charged all the same; the ledger counted it from the headers.
             self.counters.connection_errors += 1
-            raise APIConnectionError(f"200 OK but the image body is unusable: {problem}")
+            message = f"200 OK but the image body is unusable: {problem}"
+            if self.circuit.answer_failed(message):
+                raise self.circuit.open_error()
+            raise APIConnectionError(message)
 
     async def _handle_error(
-        self, status: int, headers: httpx.Headers, body: bytes, retry: RetryPolicy
+        self,
+        status: int,
+        headers: httpx.Headers,
+        body: bytes,
+        retry: RetryPolicy,
+        endpoint: Endpoint,
     ) -> None:
-        error = APIStatusError.from_parts(status, headers, body, secret=self.key.reveal())
+        url = str(_endpoint_url(self.base_url, endpoint.path).copy_with(query=None))
+        error = APIStatusError.from_parts(status, headers, body, secret=self.key.reveal(), url=url)
         if isinstance(error, RateLimitError):
             self.counters.rate_limited += 1
             self.rate_limit_streak += 1
@@ -467,8 +512,10 @@ class Session:
             await self.limiter.cooldown(pause)
         elif isinstance(error, ServerError):
             self.counters.server_errors += 1
+            self.circuit.answer_failed(error.message)
         else:
             self.counters.other_errors += 1
+            self.circuit.succeeded()  # the server is there and answering
         if isinstance(error, InsufficientCreditsError):
             self.ledger.halt(error, remaining=0)
         elif isinstance(error, PermissionDeniedError):
@@ -477,5 +524,6 @@ class Session:
 
 
 def _endpoint_url(base: httpx.URL, path: str) -> httpx.URL:
-    """``path`` under ``base``, keeping a path prefix the base may have (a proxy's)."""
-    return base.copy_with(raw_path=base.raw_path.rstrip(b"/") + path.encode("ascii"))
+    """``path`` under ``base``, keeping a path prefix and a query the base may have (a
+    gateway's ``?code=...``)."""
+    return base.copy_with(path=base.path.rstrip("/") + path)

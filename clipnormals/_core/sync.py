@@ -20,7 +20,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from .._errors import ClientClosedError
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions
 from .._normals.normalmap import NormalMap
-from .client import AsyncClient
+from .client import _UNSET, AsyncClient
 from .credits import CreditLedger, CreditPolicy
 from .http import EventHooks
 from .limiter import Limiter, RateLimit
@@ -83,6 +83,7 @@ class Client:
         self._closed = True  # until fully built: repr and close work on a half-built client
         self._pid = os.getpid()
         self._limiter = limiter
+        self._root: Client | None = None  # set on views: the client that owns the loop
         options: dict[str, Any] = {
             "api_key": api_key,
             "base_url": base_url,
@@ -131,12 +132,39 @@ class Client:
     ) -> None:
         self.close()
 
+    def with_options(
+        self,
+        *,
+        timeout: float | httpx.Timeout = _UNSET,
+        retry: RetryPolicy = _UNSET,
+        prepare: PrepareOptions = _UNSET,
+        flip_x: bool = _UNSET,
+        flip_y: bool = _UNSET,
+    ) -> Client:
+        """:meth:`AsyncClient.with_options`: a view sharing this client's quota, credits, pool
+        and event-loop thread. Closing this client closes the view; closing the view closes
+        nothing."""
+        self._check()
+        view = object.__new__(Client)
+        view._closed = False
+        view._pid = self._pid
+        view._limiter = None
+        view._root = self._root or self
+        view._portal_cm = self._portal_cm
+        view._portal = self._portal
+        # _UNSET is the async client's own "not given" marker as well.
+        view._async = self._async.with_options(
+            timeout=timeout, retry=retry, prepare=prepare, flip_x=flip_x, flip_y=flip_y
+        )
+        return view
+
     def close(self) -> None:
         """Close the client (and the limiter given to it) and stop its event-loop thread.
 
-        Idempotent; in a forked child it only marks the client closed.
+        Idempotent; in a forked child it only marks the client closed. On a view from
+        :meth:`with_options` it does nothing: the client it came from owns the loop.
         """
-        if self._closed:
+        if self._root is not None or self._closed:
             return
         self._closed = True
         if self._pid != os.getpid():
@@ -161,7 +189,7 @@ class Client:
                 f"{os.getpid()} (a fork): its event-loop thread stayed with the parent. Create "
                 "one client per process, after the fork"
             )
-        if self._closed:
+        if self._closed or (self._root is not None and self._root._closed):
             raise ClientClosedError("the client is closed")
 
     def stop_sending(self) -> None:

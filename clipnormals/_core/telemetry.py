@@ -11,7 +11,8 @@ to the answer, with attributes:
 - ``server.address``, ``http.request.method``, ``http.response.status_code`` (the last answer);
 - ``clipnormals.attempts``, ``clipnormals.limiter.wait`` (seconds spent waiting for the quota,
   all attempts together);
-- ``clipnormals.credits.consumed``, ``clipnormals.credits.remaining`` (from the headers);
+- ``clipnormals.credits.consumed`` (every attempt's charge, a retried truncated answer
+  included) and ``clipnormals.credits.remaining`` (the last answer's balance);
 - ``error.type`` and an ERROR status when it failed.
 
 Metrics (instrument names, units per OpenTelemetry's conventions):
@@ -46,20 +47,25 @@ _NAME = "clipnormals"
 class ImageSpan:
     """What one image's span records; a no-op without OpenTelemetry."""
 
-    __slots__ = ("_span", "attempts", "limiter_wait")
+    __slots__ = ("_span", "attempts", "consumed", "limiter_wait")
 
     def __init__(self, span: Any) -> None:
         self._span = span
         self.attempts = 0
+        self.consumed = 0
         self.limiter_wait = 0.0
+
+    def charged(self, credits: int) -> None:
+        """An answer's headers said it cost ``credits`` (a truncated answer included)."""
+        self.consumed += credits
+        if self._span is not None and credits:
+            self._span.set_attribute("clipnormals.credits.consumed", self.consumed)
 
     def answered(self, status: int, consumed: int | None, remaining: int | None) -> None:
         """An answer arrived (any status)."""
         if self._span is None:
             return
         self._span.set_attribute("http.response.status_code", status)
-        if consumed is not None:
-            self._span.set_attribute("clipnormals.credits.consumed", consumed)
         if remaining is not None:
             self._span.set_attribute("clipnormals.credits.remaining", remaining)
 

@@ -63,7 +63,9 @@ def background_distance(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
     # numpy is slow on the interleaved (H, W, 3) layout; a few rows at a time are made planar,
     # which keeps every operation contiguous and the working set in cache.
     for top in range(0, height, _CHUNK_ROWS):
-        red, green, blue = np.ascontiguousarray(rgb[top : top + _CHUNK_ROWS].transpose(2, 0, 1))
+        # A copy, always: the planes are changed in place, and a read-only (H, W, 3) input can
+        # transpose to a contiguous view (1x1) that ascontiguousarray would not copy.
+        red, green, blue = rgb[top : top + _CHUNK_ROWS].transpose(2, 0, 1).copy()
         o = out[top : top + _CHUNK_ROWS]
         # XOR 128 is c - 128 modulo 256; min(s, -s) is then |c - 128| in uint8 arithmetic.
         red ^= 128
