@@ -502,6 +502,7 @@ async def test_a_cancelled_waiter_gives_its_slot_back(
                 await gave_back.wait()
                 tg.start_soon(start, "taker")
     assert "doomed" not in started
+    assert not log.cooldown_ends  # giving a slot back pauses nobody
     (release,) = [reply for _, reply in log.releases]
     taker = log.reserved[-1]
     if taker.now <= slot_1:
@@ -550,6 +551,120 @@ async def test_cancellations_never_break_the_guarantee(redis_url: str, name: str
     # a returned slot is handed out again at most once per time it was given back
     handed, returned = collections.Counter(taken_over), collections.Counter(given_back)
     assert all(handed[slot] <= returned[slot] for slot in handed)
+
+
+class WakesLate(Observed):
+    """A limiter whose first wake-up for a slot comes ``late`` seconds after the slot, as on a
+    machine too busy to run the waiter in time."""
+
+    def __init__(self, *args: Any, late: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.late = late
+
+    async def _claim(self, slot: int, seen: int) -> bool:
+        await anyio.sleep(self.late)  # acquire slept until the slot: this much more
+        self.late = 0.0
+        return await super()._claim(slot, seen)
+
+
+@pytest.mark.redis
+async def test_a_slot_claimed_too_late_is_forfeited_and_the_waiter_queues_again(
+    redis_url: str, name: str
+) -> None:
+    # Three quarters of a spacing late: past the half spacing a start may lag its slot.
+    log = Log()
+    late = WakesLate(QUOTA, url=redis_url, name=name, log=log, who=0, late=0.75 * QUOTA.spacing)
+    async with late as limiter:
+        with anyio.fail_after(30):
+            await limiter.acquire()  # due at once: no claim
+            await limiter.acquire()  # its slot is claimed late: forfeited, then a later one
+    assert log.claims.get(LATE, 0) >= 1
+    assert log.claims.get(SLOT, 0) == 1
+    forfeited, taken = log.reserved[1], log.reserved[-1]
+    assert taken.slot > forfeited.slot
+    start = log.grants[-1].server
+    # the start lies within half a spacing of the slot it was granted on, not of the first one
+    assert taken.slot / US <= start <= taken.slot / US + QUOTA.spacing / 2
+    assert start > forfeited.slot / US + QUOTA.spacing / 2
+
+
+class _EarlyTimers:
+    """The anyio module as the limiter sees it, but whose sleeps end after a third of the time
+    asked, once: a timer that fires early (a clock that runs fast)."""
+
+    def __init__(self) -> None:
+        self.early = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        if self.early and seconds > 0:
+            self.early -= 1
+            seconds /= 3
+        await anyio.sleep(seconds)
+
+
+@pytest.mark.redis
+async def test_a_waiter_that_wakes_early_does_not_start_before_its_slot(
+    redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = sys.modules[RedisLimiter.__module__]
+    async with _limiters(redis_url, name, 1) as (limiter,):
+        log = limiter.log
+        with anyio.fail_after(30):
+            await limiter.acquire()  # due at once
+            monkeypatch.setattr(module, "anyio", _EarlyTimers())
+            await limiter.acquire()  # sleeps a third of the wait, claims early, is told to wait
+            monkeypatch.undo()
+    slot = log.reserved[-1].slot
+    assert log.claims.get(EARLY, 0) >= 1
+    assert slot / US <= log.grants[-1].server <= slot / US + QUOTA.spacing / 2
+
+
+_skew: contextvars.ContextVar[float] = contextvars.ContextVar("skew", default=0.0)
+
+
+class SkewedClock(Observed):
+    """A limiter on a machine whose clock is ``skew`` seconds off: ``time.time`` (patched by
+    the test) reads that much off while this limiter talks to Redis."""
+
+    def __init__(self, *args: Any, skew: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skew = skew
+
+    async def _run(self, op: str, *operands: int) -> list[int]:
+        token = _skew.set(self.skew)
+        try:
+            return await super()._run(op, *operands)
+        finally:
+            _skew.reset(token)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("skew", [30.0, -30.0])
+async def test_clients_whose_clocks_disagree_share_one_schedule(
+    redis_url: str, name: str, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Decisions are taken on the Redis server's clock: a client whose clock is half a minute
+    # off neither waits half a minute nor makes the others wait.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + _skew.get())
+    log = Log()
+    async with contextlib.AsyncExitStack() as stack:
+        right = await stack.enter_async_context(
+            Observed(QUOTA, url=redis_url, name=name, log=log, who=0)
+        )
+        off = await stack.enter_async_context(
+            SkewedClock(QUOTA, url=redis_url, name=name, log=log, who=1, skew=skew)
+        )
+        with anyio.fail_after(10):  # 24 starts take ~1.2 s on one schedule
+            await _run([right, off], tasks_each=3, total=24)
+    monkeypatch.undo()
+    assert len(log.grants) == 24
+    assert {g.who for g in log.grants} == {0, 1}
+    assert_the_guarantee(log)
+    assert_the_schedule(log)
 
 
 @pytest.mark.redis

@@ -278,8 +278,8 @@ mutant(
     "retry-total-ignores-upcoming-sleep",
     "retry",
     RETRY,
-    "return clock() - started + (state.upcoming_sleep or 0.0) > policy.total",
-    "return clock() - started > policy.total",
+    "return elapsed() + upcoming >= policy.total",
+    "return elapsed() >= policy.total",
     tests=RETRY_TESTS,
     why="a wait that would end past the total is slept before giving up",
 )
@@ -377,8 +377,8 @@ mutant(
     "retry-attempts-zero-allowed",
     "retry",
     RETRY,
-    "if self.attempts < 1:",
-    "if self.attempts < 0:",
+    'require_int("RetryPolicy.attempts", self.attempts, minimum=1)',
+    'require_int("RetryPolicy.attempts", self.attempts, minimum=0)',
     tests=RETRY_TESTS,
     why="RetryPolicy(attempts=0) is accepted",
 )
@@ -553,8 +553,7 @@ mutant(
     "credits-unit-not-learned",
     "credits",
     CREDITS,
-    "        if consumed_header is not None and consumed_header > self.unit:\n"
-    "            self.unit = consumed_header\n",
+    "            if consumed_header > self.unit:\n                self.unit = consumed_header\n",
     "",
     tests=CREDITS_TESTS,
     why="the cost of a call is never learned from x-credits-consumed",
@@ -563,10 +562,37 @@ mutant(
     "credits-negative-header",
     "credits",
     CREDITS,
-    "    return value if value >= 0 else None",
-    "    return value",
+    "    if value < 0 or value > _MAX_CREDITS.get(name.lower(), 10**12):",
+    "    if value > _MAX_CREDITS.get(name.lower(), 10**12):",
     tests=CREDITS_TESTS,
     why="a negative credit header is taken at face value",
+)
+mutant(
+    "credits-header-cap-not-applied",
+    "credits",
+    CREDITS,
+    "    if value < 0 or value > _MAX_CREDITS.get(name.lower(), 10**12):",
+    "    if value < 0:",
+    tests=CREDITS_TESTS,
+    why="a call 'costing' a million credits (a broken proxy) is believed: every later call refused",
+)
+mutant(
+    "credits-assumed-charges-not-corrected",
+    "credits",
+    CREDITS,
+    "            self.consumed += self._assumed * (cost - self.unit)  # earlier guesses, corrected\n",
+    "",
+    tests=CREDITS_TESTS,
+    why="charges counted at the assumed cost are not corrected once the real cost is learned",
+)
+mutant(
+    "credits-cost-from-equal-balances",
+    "credits",
+    CREDITS,
+    "        if before is not None and remaining < before:",
+    "        if before is not None and remaining <= before:",
+    tests=CREDITS_TESTS,
+    why="two equal balances (a top-up, a free call) are read as a call costing 0",
 )
 mutant(
     "credits-balance-not-decremented",
@@ -1323,4 +1349,253 @@ mutant(
     "on_frame[labels[runs.row == 0]] = True",
     tests=NORMALS_TESTS,
     why="gaps touching only the bottom edge are not treated as open to the frame",
+)
+
+# --- limiter: clipnormals/_core/limiter.py ----------------------------------------------------
+
+LIMITER = "clipnormals/_core/limiter.py"
+LIMITER_TESTS = ("tests/test_limiter.py", "tests/test_quota.py", LIMITER)
+
+mutant(
+    "limiter-no-token-held-back",
+    "limiter",
+    LIMITER,
+    "        return (self.requests - self.burst - self.slack) / self.per",
+    "        return (self.requests - self.slack) / self.per",
+    tests=LIMITER_TESTS,
+    why="the sustained rate holds no token back: requests + 1 starts fit in a window a hair "
+    "over per, and arrival jitter puts them in one server window",
+)
+mutant(
+    "limiter-capacity-ignores-burst",
+    "limiter",
+    LIMITER,
+    "        return self.burst + self.slack",
+    "        return 1 + self.slack",
+    tests=LIMITER_TESTS,
+    why="the bucket's capacity ignores burst: an idle client never gets its burst",
+)
+mutant(
+    "limiter-capacity-off-by-one",
+    "limiter",
+    LIMITER,
+    "        return self.burst + self.slack",
+    "        return self.burst + 1 + self.slack",
+    tests=LIMITER_TESTS,
+    why="off by one: the bucket holds one token more than burst (a full window holds N + 1)",
+)
+mutant(
+    "limiter-drain-period-is-per",
+    "limiter",
+    LIMITER,
+    "self._bucket = AsyncLimiter(rl.capacity, rl.capacity / rl.rate)",
+    "self._bucket = AsyncLimiter(rl.capacity, rl.per)",
+    tests=LIMITER_TESTS,
+    why="aiolimiter's time_period given as per: capacity tokens a window, a tiny rate",
+)
+mutant(
+    "limiter-cooldown-uncapped",
+    "limiter",
+    LIMITER,
+    "seconds = min(max(seconds, 0.0), self.rate_limit.max_cooldown)",
+    "seconds = max(seconds, 0.0)",
+    tests=LIMITER_TESTS,
+    why="a cooldown is not capped at max_cooldown",
+)
+mutant(
+    "limiter-cooldown-shortened",
+    "limiter",
+    LIMITER,
+    "        if until > self._cooldown_until:\n            self._cooldown_until = until",
+    "        self._cooldown_until = until",
+    tests=LIMITER_TESTS,
+    why="a shorter cooldown replaces a longer one under way",
+)
+mutant(
+    "limiter-cooldown-keeps-tokens",
+    "limiter",
+    LIMITER,
+    "            if self._cooldown_until == cooldown_seen:\n                return",
+    "            return",
+    tests=LIMITER_TESTS,
+    why="tokens taken during a cooldown stay valid: every sender held back starts at its end",
+)
+mutant(
+    "limiter-slack-one-accepted",
+    "limiter",
+    LIMITER,
+    "if not 0 <= self.slack < 1:",
+    "if not 0 <= self.slack <= 1:",
+    tests=LIMITER_TESTS,
+    why="slack=1 (a whole spacing of lateness) is accepted",
+)
+
+SESSION_TOKEN = "clipnormals/_core/session.py"
+mutant(
+    "session-retry-takes-no-token",
+    "session",
+    SESSION_TOKEN,
+    "                await self.limiter.acquire()\n",
+    "                if not attempts.count:\n                    await self.limiter.acquire()\n",
+    tests=("tests/test_quota.py", "tests/test_retries.py"),
+    why="only the first attempt of an image takes a token: retries bypass the quota",
+)
+
+# --- Redis limiter: clipnormals/_redis/limiter.py ---------------------------------------------
+
+REDIS = "clipnormals/_redis/limiter.py"
+REDIS_TESTS = ("tests/test_redis_limiter.py",)
+
+mutant(
+    "redis-client-clock",
+    "redis-limiter",
+    REDIS,
+    (
+        (
+            "local clock = redis.call('TIME')\n"
+            "local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])\n",
+            "local now = tonumber(ARGV[#ARGV])\n",
+        ),
+        (
+            "args: list[str | int] = [op, self._emission, self._tolerance, *operands]",
+            "args: list[str | int] = [op, self._emission, self._tolerance, *operands, "
+            "int(time.time() * 1e6)]",
+        ),
+        ("import math\nimport os\n", "import math\nimport os\nimport time\n"),
+    ),
+    tests=REDIS_TESTS,
+    why="the script decides on the client's clock (sent along) instead of the server's TIME",
+    redis=True,
+)
+mutant(
+    "redis-late-slots-kept",
+    "redis-limiter",
+    REDIS,
+    "  if now - slot > allowance then return {5, now - slot} end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="a slot claimed late is never forfeited: starts drift up to a spacing off the schedule",
+    redis=True,
+)
+mutant(
+    "redis-allowance-a-spacing",
+    "redis-limiter",
+    REDIS,
+    "self._allowance = self._emission // 2",
+    "self._allowance = self._emission",
+    tests=REDIS_TESTS,
+    why="a claim may come a whole spacing late (the margin for arrival jitter is spent)",
+    redis=True,
+)
+mutant(
+    "redis-early-claim-accepted",
+    "redis-limiter",
+    REDIS,
+    "  if now < slot then return {4, slot - now} end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="a claim before its slot succeeds (a waiter that wakes early starts early)",
+    redis=True,
+)
+mutant(
+    "redis-cooldown-voids-nothing",
+    "redis-limiter",
+    REDIS,
+    "  if num(KEYS[2]) > seen then return {3, 0} end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="a cooldown does not void the slots handed out before it",
+    redis=True,
+)
+mutant(
+    "redis-reserve-ignores-cooldown",
+    "redis-limiter",
+    REDIS,
+    "  if cooldown > now then return {1, cooldown - now, 0, 0, cooldown} end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="slots are handed out during a cooldown",
+    redis=True,
+)
+mutant(
+    "redis-cooldown-keeps-schedule",
+    "redis-limiter",
+    REDIS,
+    "  if num(KEYS[1]) > now + tau + T then store(KEYS[1], now + tau + T) end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="a cooldown leaves the voided slots holding the schedule: sending resumes late",
+    redis=True,
+)
+mutant(
+    "redis-cooldown-shortened",
+    "redis-limiter",
+    REDIS,
+    "  if ends <= current then return {0, current - now} end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="a shorter cooldown replaces a longer one under way",
+    redis=True,
+)
+mutant(
+    "redis-cooldown-uncapped",
+    "redis-limiter",
+    REDIS,
+    "seconds = min(max(seconds, 0.0), self.rate_limit.max_cooldown)",
+    "seconds = max(seconds, 0.0)",
+    tests=REDIS_TESTS,
+    why="a cooldown is not capped at max_cooldown",
+    redis=True,
+)
+mutant(
+    "redis-returned-slot-dropped",
+    "redis-limiter",
+    REDIS,
+    "  redis.call('ZADD', KEYS[3], int(slot), int(slot))\n",
+    "",
+    tests=REDIS_TESTS,
+    why="a slot given back that is not the last one is dropped instead of handed on",
+    redis=True,
+)
+mutant(
+    "redis-no-horizon",
+    "redis-limiter",
+    REDIS,
+    "  if slot - now > horizon then return {2, slot - now - horizon, 0, 0, cooldown} end\n",
+    "",
+    tests=REDIS_TESTS,
+    why="slots are reserved without a horizon (a crash can lose more than one window)",
+    redis=True,
+)
+mutant(
+    "redis-tolerance-off-by-one",
+    "redis-limiter",
+    REDIS,
+    "self._tolerance = math.floor((rate_limit.capacity - 1) * _US / rate_limit.rate)",
+    "self._tolerance = math.floor(rate_limit.capacity * _US / rate_limit.rate)",
+    tests=REDIS_TESTS,
+    why="GCRA tolerance of capacity spacings instead of capacity - 1: one start too many",
+    redis=True,
+)
+mutant(
+    "redis-cancelled-slot-kept",
+    "redis-limiter",
+    REDIS,
+    "            except BaseException:\n"
+    "                await self._give_back(slot, tat_after, seen)\n"
+    "                raise",
+    "            except BaseException:\n                raise",
+    tests=REDIS_TESTS,
+    why="a cancelled waiter's slot is never given back (lost reservation release)",
+    redis=True,
+)
+mutant(
+    "redis-step-back-wrong-key",
+    "redis-limiter",
+    REDIS,
+    "    store(KEYS[1], tat_after - T)\n    return {1}",
+    "    store(KEYS[2], tat_after - T)\n    return {1}",
+    tests=REDIS_TESTS,
+    why="giving back the last slot writes the cooldown key instead of the schedule",
+    redis=True,
 )

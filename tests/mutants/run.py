@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import os
 import queue
 import re
@@ -321,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="only check that each mutant applies and compiles"
     )
     parser.add_argument("--verbose", action="store_true", help="print each test command")
+    parser.add_argument(
+        "--tests",
+        action="append",
+        help="run these tests instead of each mutant's own (repeatable): which test kills it",
+    )
     args = parser.parse_args(argv)
 
     ids = [m.id for m in MUTANTS]
@@ -340,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not chosen:
         parser.error("no mutant matches")
+    if args.tests:
+        chosen = [dataclasses.replace(m, tests=tuple(args.tests)) for m in chosen]
     _snapshot(chosen)
     if args.check:
         return _check(chosen)
