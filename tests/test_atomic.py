@@ -134,4 +134,5 @@ def test_only_temporaries_actually_removed_are_counted(
 
     monkeypatch.setattr(Path, "unlink", unlink)
     assert remove_stale_temporaries(tmp_path) == 1
-    assert stuck.exists() and not gone.exists()
+    assert stuck.exists()
+    assert not gone.exists()

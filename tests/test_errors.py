@@ -80,9 +80,7 @@ def test_every_form_of_the_key_is_scrubbed_from_what_an_error_keeps(form: str) -
 def test_a_json_echo_is_scrubbed_in_the_body_and_in_the_error_text() -> None:
     body = json.dumps({"error": f"bad key {KEY}"}).encode()  # the body holds the escaped form
     assert FORMS["json"].encode() in body
-    exc = APIStatusError.from_parts(
-        400, {"content-type": "application/json"}, body, secret=KEY
-    )
+    exc = APIStatusError.from_parts(400, {"content-type": "application/json"}, body, secret=KEY)
     _assert_no_form_in(exc)
     assert exc.error == "bad key ***"
 
@@ -142,7 +140,9 @@ async def test_a_key_echoed_in_a_body_that_is_not_json_never_shows_escaped(ctype
     def echo(request: httpx.Request) -> httpx.Response:
         key = request.headers["x-api-key"]
         return httpx.Response(
-            502, content=f"<p>upstream refused x-api-key: {key}</p>", headers={"content-type": ctype}
+            502,
+            content=f"<p>upstream refused x-api-key: {key}</p>",
+            headers={"content-type": ctype},
         )
 
     policy = clipnormals.RetryPolicy(attempts=1)

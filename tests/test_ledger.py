@@ -48,10 +48,14 @@ async def known(balance: int, policy: CreditPolicy | None = None) -> CreditLedge
 
 async def test_a_reservation_is_given_back_when_its_attempt_never_left() -> None:
     ledger = await known(10)
-    with pytest.raises(RuntimeError), anyio.fail_after(1):
+
+    async def attempt_that_fails_before_sending() -> None:
         async with ledger.reserve():
             assert ledger.reserved == 1
             raise RuntimeError("the request could not be built")
+
+    with anyio.fail_after(1), pytest.raises(RuntimeError):
+        await attempt_that_fails_before_sending()
     assert ledger.reserved == 0
     with anyio.fail_after(1):
         async with ledger.reserve() as reservation:
@@ -162,8 +166,10 @@ async def test_the_budget_counts_consumed_uncertain_and_in_flight() -> None:
             await anyio.sleep(1)
             assert outcome == []  # 1 consumed + 1 uncertain + 1 in flight: it must wait
             third.answered(200, charged(1))
-    assert outcome == ["credit budget reached: 2 of 3 credits consumed, 1 more possibly "
-                       "charged (requests left unanswered)"]
+    assert outcome == [
+        "credit budget reached: 2 of 3 credits consumed, 1 more possibly "
+        "charged (requests left unanswered)"
+    ]
 
 
 async def test_a_402_sets_the_known_balance_to_zero_and_halts() -> None:
@@ -176,3 +182,19 @@ async def test_a_402_sets_the_known_balance_to_zero_and_halts() -> None:
     ledger = await known(5)
     ledger.halt(PermissionDeniedError("403", status_code=403))
     assert ledger.remaining == 5  # a revoked key says nothing of the balance
+
+
+async def test_the_cost_of_a_call_is_learned_only_from_a_fall_of_the_balance() -> None:
+    # An API version that reports the balance but not the cost: probes one at a time, and the
+    # cost is the fall between two probes' balances. Two equal balances (a free call, a top-up
+    # of exactly one call) say nothing: a call is never learned to cost nothing.
+    ledger = CreditLedger(CreditPolicy(budget=20))
+    for balance in (10, 10, 7):
+        async with ledger.reserve() as r:
+            assert r.probe  # the cost is not known yet
+            r.answered(200, {"content-type": "image/jpeg", "x-remaining-credits": str(balance)})
+        assert ledger.unit >= 1
+    assert ledger.unit == 3
+    async with ledger.reserve() as r:
+        assert not r.probe
+        assert r.amount == 3

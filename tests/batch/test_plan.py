@@ -85,7 +85,8 @@ async def test_a_record_naming_another_output_file_does_not_make_the_source_comp
     result = await plan(root, out, [done("a.png", root, content, "old/a.png.jpg", MAP)])
     assert decision(result, "a.png") == "copy"
     (job,) = result.jobs
-    assert job.reuse_record is not None and job.reuse_record.output == "old/a.png.jpg"
+    assert job.reuse_record is not None
+    assert job.reuse_record.output == "old/a.png.jpg"
 
 
 async def test_a_record_for_other_content_does_not_make_the_source_complete(

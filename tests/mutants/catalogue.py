@@ -73,7 +73,8 @@ mutant(
     "errors-api-key-header-kept",
     "errors",
     ERRORS,
-    '_SENSITIVE_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})',
+    '_SENSITIVE_HEADERS = frozenset({"x-api-key", "authorization", '
+    '"proxy-authorization", "cookie"})',
     '_SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})',
     tests=ERRORS_TESTS,
     why="the x-api-key header is kept in an error's headers",
@@ -315,7 +316,8 @@ mutant(
     "retry",
     RETRY,
     "            return self.retry_connection_errors\n        return False",
-    "            return self.retry_connection_errors\n        return isinstance(exc, APIStatusError)",
+    "            return self.retry_connection_errors\n"
+    "        return isinstance(exc, APIStatusError)",
     tests=RETRY_TESTS,
     why="400/401/402/403/406 are retried like 5xx",
 )
@@ -456,7 +458,8 @@ mutant(
     "credits-release-never-called",
     "credits",
     CREDITS,
-    "        try:\n            yield reservation\n        finally:\n            reservation.release()",
+    "        try:\n            yield reservation\n"
+    "        finally:\n            reservation.release()",
     "        yield reservation",
     tests=CREDITS_TESTS,
     why="an attempt that raises before settling keeps its reservation",
@@ -476,7 +479,8 @@ mutant(
     "credits-answer-costs-one",
     "credits",
     CREDITS,
-    "            spent = self.amount  # the API's answer, from a version that does not say the cost",
+    "            spent = self.amount  # the API's answer, "
+    "from a version that does not say the cost",
     "            spent = 1",
     tests=CREDITS_TESTS,
     why="an answer without x-credits-consumed costs 1, not the unit seen",
@@ -580,7 +584,8 @@ mutant(
     "credits-assumed-charges-not-corrected",
     "credits",
     CREDITS,
-    "            self.consumed += self._assumed * (cost - self.unit)  # earlier guesses, corrected\n",
+    "            self.consumed += self._assumed * (cost - self.unit)"
+    "  # earlier guesses, corrected\n",
     "",
     tests=CREDITS_TESTS,
     why="charges counted at the assumed cost are not corrected once the real cost is learned",
@@ -692,7 +697,8 @@ mutant(
     "atomic-temporary-left-on-error",
     "atomic",
     ATOMIC,
-    "    except BaseException:\n        with contextlib.suppress(OSError):\n            tmp.unlink()\n"
+    "    except BaseException:\n"
+    "        with contextlib.suppress(OSError):\n            tmp.unlink()\n"
     "        raise\n    fsync_dir(folder)",
     "    except BaseException:\n        raise\n    fsync_dir(folder)",
     tests=ATOMIC_TESTS,
@@ -771,7 +777,7 @@ mutant(
     "manifest-whole-last-record-glued",
     "manifest",
     MANIFEST,
-    "        else:\n            f.write(b\"\\n\")\n\n    def _close_file",
+    '        else:\n            f.write(b"\\n")\n\n    def _close_file',
     "\n    def _close_file",
     tests=MANIFEST_TESTS,
     why="a whole last record without its newline gets the next record glued to it",
@@ -780,7 +786,7 @@ mutant(
     "manifest-torn-tail-kept",
     "manifest",
     MANIFEST,
-    "        if tail.endswith(b\"\\n\"):\n            return\n        cut = tail.rfind",
+    '        if tail.endswith(b"\\n"):\n            return\n        cut = tail.rfind',
     "        if tail:\n            return\n        cut = tail.rfind",
     tests=MANIFEST_TESTS,
     why="a torn last line is left in place before appending",
@@ -927,7 +933,8 @@ mutant(
     "plan-adopt-without-receipt-check",
     "plan",
     PLAN,
-    "            if receipt is None:\n                keep.append(member)\n                continue\n",
+    "            if receipt is None:\n"
+    "                keep.append(member)\n                continue\n",
     "            if receipt is None and not path.is_file():\n"
     "                keep.append(member)\n"
     "                continue\n",
@@ -1169,8 +1176,8 @@ mutant(
     "prep-png-limit-exclusive",
     "preparation",
     REENCODE,
-    "        if len(data) <= plan.max_bytes:\n            return data, \"PNG\", ()",
-    "        if len(data) < plan.max_bytes:\n            return data, \"PNG\", ()",
+    '        if len(data) <= plan.max_bytes:\n            return data, "PNG", ()',
+    '        if len(data) < plan.max_bytes:\n            return data, "PNG", ()',
     tests=PREP_TESTS,
     why="off by one: a PNG of exactly max_bytes is re-encoded",
 )

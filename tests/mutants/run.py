@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import queue
@@ -112,15 +113,22 @@ def _command(tests: Iterable[str]) -> list[str]:
     tests = list(tests)
     # Only the doctests of modules named explicitly; the ini's --doctest-modules would also
     # import every module of every folder named.
-    options = ["-o", "addopts=-p no:cacheprovider --strict-markers", "-x", "-q", "-p", "no:randomly"]
+    options = [
+        "-o",
+        "addopts=-p no:cacheprovider --strict-markers",
+        "-x",
+        "-q",
+        "-p",
+        "no:randomly",
+    ]
     if any(t.split("::")[0].startswith("clipnormals/") for t in tests):
         options.append("--doctest-modules")
     return [sys.executable, "-m", "pytest", *options, *tests]
 
 
-def _run_tests(workdir: Path, tests: Iterable[str], *, redis: bool, timeout: float) -> tuple[
-    int | None, str, float
-]:
+def _run_tests(
+    workdir: Path, tests: Iterable[str], *, redis: bool, timeout: float
+) -> tuple[int | None, str, float]:
     started = time.monotonic()
     proc = subprocess.Popen(
         _command(tests),
@@ -162,10 +170,8 @@ def _snapshot(mutants: Iterable[Mutant]) -> None:
     editor, another branch checked out) then cannot leak into the run."""
     for mutant in mutants:
         if mutant.file not in _PRISTINE:
-            try:
+            with contextlib.suppress(OSError):  # reported as stale when applied
                 _PRISTINE[mutant.file] = (ROOT / mutant.file).read_text()
-            except OSError:
-                pass
 
 
 def _apply(mutant: Mutant) -> tuple[str, str] | str:
@@ -233,9 +239,7 @@ def _check(mutants: list[Mutant]) -> int:
     return 1 if bad else 0
 
 
-def _baseline_selections(
-    mutants: list[Mutant], jobs: int
-) -> list[tuple[tuple[str, ...], bool]]:
+def _baseline_selections(mutants: list[Mutant], jobs: int) -> list[tuple[tuple[str, ...], bool]]:
     """Every test the mutants use, once: whole files swallow their node ids; split in ``jobs``."""
     wanted = sorted({t for m in mutants for t in m.tests})
     files = {t for t in wanted if "::" not in t}
@@ -246,7 +250,9 @@ def _baseline_selections(
 
 
 def _baseline(
-    selections: list[tuple[tuple[str, ...], bool]], workdirs: queue.Queue[Path], jobs: int,
+    selections: list[tuple[tuple[str, ...], bool]],
+    workdirs: queue.Queue[Path],
+    jobs: int,
     timeout: float,
 ) -> list[str]:
     """Run each selection on the unmutated copy; return the problems found."""
@@ -269,20 +275,24 @@ def _baseline(
     return problems
 
 
-def _report(outcomes: list[Outcome], skipped_reason: str | None, verbose: bool) -> float:
+def _report(outcomes: list[Outcome], skipped_reason: str | None) -> float:
+    """Print the score per module and the survivors; return the critical score (percent)."""
     by_module: dict[str, list[Outcome]] = {}
     for o in outcomes:
         by_module.setdefault(o.mutant.module, []).append(o)
     print()
-    print(f"{'module':<14} {'killed':>7} {'of':>3} {'score':>6}  {'survived':<40}")
+    print(f"{'module':<14} {'killed':>7} {'of':>3} {'score':>6}  survived")
     critical_killed = critical_total = 0
     for module in sorted(by_module, key=lambda m: (m not in CRITICAL, m)):
         ran = [o for o in by_module[module] if o.status in ("killed", "timeout", "survived")]
         killed = sum(o.status in ("killed", "timeout") for o in ran)
-        survivors = [o.mutant.id for o in ran if o.status == "survived"]
-        score = f"{100 * killed / len(ran):.0f}%" if ran else "-"
+        names = [o.mutant.id for o in ran if o.status == "survived"]
+        skipped_here = sum(o.status == "skipped" for o in by_module[module])
+        if skipped_here:
+            names.append(f"({skipped_here} skipped: no Redis)")
+        shown = f"{100 * killed / len(ran):.0f}%" if ran else "-"
         mark = "*" if module in CRITICAL else " "
-        print(f"{mark}{module:<13} {killed:>7} {len(ran):>3} {score:>6}  {', '.join(survivors)}")
+        print(f"{mark}{module:<13} {killed:>7} {len(ran):>3} {shown:>6}  {', '.join(names)}")
         if module in CRITICAL:
             critical_killed += killed
             critical_total += len(ran)
@@ -290,7 +300,8 @@ def _report(outcomes: list[Outcome], skipped_reason: str | None, verbose: bool) 
     if skipped:
         print(
             f"\n{len(skipped)} Redis mutants SKIPPED ({skipped_reason}); set "
-            "CLIPNORMALS_REDIS_URL or install redis-server to run them"
+            "CLIPNORMALS_REDIS_URL or install redis-server to run them. The critical score "
+            "below leaves them out."
         )
     survivors = [o for o in outcomes if o.status == "survived"]
     if survivors:
@@ -305,7 +316,6 @@ def _report(outcomes: list[Outcome], skipped_reason: str | None, verbose: bool) 
     print("\n* critical module")
     score = 100.0 * critical_killed / critical_total if critical_total else 0.0
     print(f"critical: {score:.0f}% killed ({critical_killed} of {critical_total})")
-    del verbose
     return score
 
 
@@ -406,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(one, runnable))
     order = {m.id: i for i, m in enumerate(MUTANTS)}
     outcomes.sort(key=lambda o: order[o.mutant.id])
-    score = _report(outcomes + skipped, redis_how if skipped else None, args.verbose)
-    print(f"({len(runnable)} mutants run in {time.monotonic() - started:.0f} s, {jobs} at a time)")
+    print(f"\n{len(runnable)} mutants run in {time.monotonic() - started:.0f} s, {jobs} at a time")
+    score = _report(outcomes + skipped, redis_how if skipped else None)
     broken = any(o.status in ("stale", "error") for o in outcomes)
     return 0 if score >= args.target and not broken else 1
 
