@@ -172,7 +172,9 @@ class APIStatusError(ClipnormalsError):
         a status the API does not document (a 404 says where it was not found).
         """
         error = _parse_error(body)
-        detail = error if error is not None else _describe_body(body, headers)
+        # Scrubbed before it is quoted: the quote (a repr) escapes backslashes, and the escaped
+        # form of a key is one that scrubbing the message afterwards would not recognise.
+        detail = error if error is not None else _describe_body(scrub_bytes(body, secret), headers)
         error_cls = _class_for_status(status)
         where = f" from POST {url}" if url and error_cls is UnexpectedResponseError else ""
         return error_cls(

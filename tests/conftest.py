@@ -15,6 +15,9 @@ from .vtime import VirtualTimeLoop
 
 NO_SERVER = "the Redis tests need a server: set CLIPNORMALS_REDIS_URL or put redis-server on PATH"
 
+# The mutation check (tests/mutants/run.py) and its catalogue are scripts, not tests.
+collect_ignore = ["mutants"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -209,3 +209,47 @@ def test_png_crc_is_checked_on_every_chunk() -> None:
     assert prepare_image(good).data == good
     with pytest.raises(InvalidImageError, match=r"tEXt chunk .* CRC"):
         prepare_image(bad)
+
+
+# --- each structure rule on its own -----------------------------------------------------------
+# The decoder notices most of these files first (they end early); the structure checks are the
+# second line, for files a decoder takes without complaint. Each is pinned here directly.
+
+
+def _check(data: bytes, fmt: str, whole: bytes | None = None) -> None:
+    image = Image.open(io.BytesIO(whole if whole is not None else data))
+    integrity.check_whole(data, fmt, image, "'x'")
+
+
+def test_a_png_cut_at_a_chunk_boundary_before_iend_is_refused() -> None:
+    data = encode(flat((8, 8), 50), "PNG")
+    _check(data, "PNG")
+    assert data.endswith(b"IEND\xaeB`\x82")
+    with pytest.raises(InvalidImageError, match="no IEND chunk"):
+        _check(data[:-12], "PNG", data)
+
+
+def test_a_jpeg_whose_end_marker_comes_before_any_scan_is_refused() -> None:
+    data = encode(photo(), "JPEG")
+    _check(data, "JPEG")
+    headers = data[: data.index(b"\xff\xda")]
+    with pytest.raises(InvalidImageError, match="end-of-image marker before any image data"):
+        _check(headers + b"\xff\xd9", "JPEG", data)
+
+
+def test_a_zero_run_just_over_the_limit_inside_a_jpeg_scan_is_refused() -> None:
+    data = encode(photo(), "JPEG", quality=90)
+    scan = data.index(b"\xff\xda")
+    middle = scan + (len(data) - scan) // 2
+    run = 300  # just over the 256 files from libjpeg never hold (JPEG_ZERO_RUN)
+    broken = data[:middle] + bytes(run) + data[middle + run :]
+    with pytest.raises(InvalidImageError, match="run of zero bytes"):
+        prepare_image(broken)
+
+
+@pytest.mark.parametrize("short", [1, 4, 8])
+def test_a_webp_a_few_bytes_shorter_than_its_riff_header_is_refused(short: int) -> None:
+    data = encode(photo(), "WEBP")
+    _check(data, "WEBP")
+    with pytest.raises(InvalidImageError, match="RIFF header declares"):
+        _check(data[:-short], "WEBP", data)

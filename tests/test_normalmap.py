@@ -552,6 +552,49 @@ def test_concurrent_first_access_decodes_once(monkeypatch: pytest.MonkeyPatch) -
     assert all(r is results[0] for r in results)
 
 
+@pytest.mark.parametrize("first", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("then", [(False, False), (True, False), (False, True), (True, True)])
+def test_with_convention_from_cached_normals_equals_a_fresh_decode(
+    first: tuple[bool, bool], then: tuple[bool, bool]
+) -> None:
+    data = to_jpeg(encode(*sphere(48)), 90)
+    nm = NormalMap(data, flip_x=first[0], flip_y=first[1])
+    _ = nm.normals  # decoded and cached: with_convention flips the cached field
+    other = nm.with_convention(flip_x=then[0], flip_y=then[1])
+    fresh = NormalMap(data, flip_x=then[0], flip_y=then[1])
+    np.testing.assert_array_equal(other.normals, fresh.normals)
+
+
+def test_a_small_person_far_from_the_camera_is_kept() -> None:
+    # A person of ~300 pixels in a 400x300 frame: 0.25% of it, far above a JPEG speckle.
+    normals, mask = sphere(20, radius=9.5)
+    canvas_n = np.zeros((300, 400, 3), np.float32)
+    canvas_m = np.zeros((300, 400), bool)
+    canvas_n[140:160, 190:210], canvas_m[140:160, 190:210] = normals, mask
+    found = NormalMap(to_jpeg(encode(canvas_n, canvas_m), 90)).mask
+    assert found[140:160, 190:210].sum() >= 0.9 * mask.sum()
+    assert not found[:100].any()
+
+
+def test_background_reaching_only_the_bottom_edge_is_not_filled() -> None:
+    # An arch: two legs joined at the top, standing on the bottom edge, with flat background
+    # between them. Their inner sides lean back only a little: the rim of that gap is not a
+    # silhouette, so an enclosed gap would be filled as a face-on patch. This one is open to
+    # the frame (at the bottom only) and flat inside: background.
+    height, width = 160, 200
+    mask = np.zeros((height, width), bool)
+    mask[30:, 40:80] = True  # left leg, down to the bottom edge
+    mask[30:, 120:160] = True  # right leg
+    mask[30:60, 40:160] = True  # the bar joining them
+    normals = np.zeros((height, width, 3), np.float32)
+    normals[...] = (0.45, 0.3, 0.84)  # leaning ~33 degrees: far off the background colour...
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)  # ...but nowhere a silhouette
+    found = NormalMap(to_png(encode(normals, mask))).mask
+    gap = (slice(64, height), slice(84, 116))
+    assert not found[gap].any()
+    assert found[mask].mean() > 0.95
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 2), (2, 1), (3, 3)])
 def test_the_tiniest_maps_decode(size: tuple[int, int]) -> None:
     # The API returns a map the size of the upload, and preparation accepts 1x1 images.

@@ -937,3 +937,25 @@ def test_reencode_returns_its_steps_and_leaves_the_callers_image_alone() -> None
     assert image.size == (40, 20)
     with pytest.raises(FrozenInstanceError):
         plan.max_bytes = 1  # type: ignore[misc]
+
+
+def test_a_jpeg_that_is_only_too_big_stays_jpeg_even_when_png_is_asked_for() -> None:
+    # reencode_jpeg_as="PNG" is for JPEGs whose pixels change (turned, downscaled); one that is
+    # only over the byte limit is recompressed as JPEG (a PNG of a photo is bigger still).
+    flat = Image.new("RGB", (600, 600), (120, 90, 60))  # a picture whose PNG would fit, even
+    data = encode(flat, "JPEG", quality=100)
+    options = PrepareOptions(max_bytes=len(data) - 1, reencode_jpeg_as="PNG")
+    prepared = prepare_image(data, options=options)
+    assert prepared.format == "JPEG"
+    assert prepared.changes == ("re-encoded",)
+    assert len(prepared.data) <= options.max_bytes
+
+
+def test_a_converted_png_of_exactly_max_bytes_is_kept_as_it_is() -> None:
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    fast_png = encode(image, "PNG", compress_level=1)  # what the conversion writes first
+    options = PrepareOptions(max_bytes=len(fast_png))
+    prepared = prepare_image(encode(image, "BMP"), options=options)
+    assert prepared.changes == ("converted-from-BMP",)  # not optimized, not "re-encoded"
+    assert prepared.data == fast_png

@@ -3,6 +3,8 @@ attempts, and deadlines that hold against a server that trickles its answer."""
 
 from __future__ import annotations
 
+import itertools
+import random
 import socket
 import threading
 import time
@@ -211,3 +213,111 @@ async def test_one_cap_bounds_the_pause_a_429_imposes() -> None:
         await client.surface_normals(prepared())
     first, second = api.arrivals
     assert 7.0 <= second - first < 7.5
+
+
+# -- the policy's rules, one at a time --------------------------------------------------------
+
+
+def _errors() -> dict[str, BaseException]:
+    return {
+        "429": clipnormals.RateLimitError("429", status_code=429),
+        "503": clipnormals.ServerError("503", status_code=503),
+        "connection": clipnormals.APIConnectionError("reset"),
+        "timeout": clipnormals.APITimeoutError("slow"),
+        "circuit": clipnormals.CircuitOpenError("open", host="h"),
+        "400": clipnormals.BadRequestError("400", status_code=400),
+        "402": clipnormals.InsufficientCreditsError("402", status_code=402),
+        "403": clipnormals.PermissionDeniedError("403", status_code=403),
+        "406": clipnormals.NotAcceptableError("406", status_code=406),
+        "404": clipnormals.UnexpectedResponseError("404", status_code=404),
+        "budget": clipnormals.CreditBudgetError("budget"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "retried"),
+    [
+        ({}, {"429", "503", "connection", "timeout"}),
+        ({"retry_rate_limited": False}, {"503", "connection", "timeout"}),
+        ({"retry_server_errors": False}, {"429", "connection", "timeout"}),
+        ({"retry_connection_errors": False}, {"429", "503"}),
+    ],
+)
+def test_what_is_retried_follows_each_flag(flags: dict[str, bool], retried: set[str]) -> None:
+    policy = clipnormals.RetryPolicy(**flags)
+    assert {name for name, exc in _errors().items() if policy.is_retryable(exc)} == retried
+
+
+class _Top(random.Random):
+    """Draws the top of every range: the backoff window itself."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_backoff_windows_start_at_initial_double_and_stop_at_the_cap() -> None:
+    policy = clipnormals.RetryPolicy(initial=0.5, max_backoff=3.0)
+    windows = [policy.backoff(n, rng=_Top()) for n in range(1, 7)]
+    assert windows == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    draws = [policy.backoff(3, rng=random.Random(n)) for n in range(200)]
+    assert 0.0 <= min(draws) < 0.2 < 1.8 < max(draws) <= 2.0  # full jitter: all of [0, window]
+
+
+def test_the_pause_after_a_429_grows_with_the_streak_and_is_never_near_zero() -> None:
+    policy = clipnormals.RetryPolicy(initial=0.5, max_backoff=3.0)
+    for streak, window in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)]:
+        pauses = [policy.rate_limit_pause(streak, None) for _ in range(200)]
+        assert window / 2 <= min(pauses), streak
+        assert max(pauses) <= window, streak
+    assert policy.rate_limit_pause(1, 7.0) == 7.0  # the server's word wins...
+    assert policy.rate_limit_pause(1, 500.0) == policy.max_retry_after  # ...capped
+    assert policy.rate_limit_pause(1, -2.0) == 0.0
+
+
+def test_attempt_deadlines_never_pass_the_total() -> None:
+    policy = clipnormals.RetryPolicy(attempt_timeout=30.0, total=100.0)
+    assert policy.attempt_deadline(started=0.0, now=10.0) == 30.0
+    assert policy.attempt_deadline(started=0.0, now=85.0) == 15.0
+    assert policy.attempt_deadline(started=0.0, now=120.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"attempts": 0},
+        {"circuit_failures": -1},
+        {"initial": -0.1},
+        {"max_backoff": float("nan")},
+        {"total": -1.0},
+        {"attempt_timeout": 0.0},
+    ],
+)
+def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="RetryPolicy"):
+        clipnormals.RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_the_429_streak_starts_again_after_a_success() -> None:
+    # Pauses without Retry-After grow with consecutive 429s (windows 1, 2, 4 s)... and after a
+    # success the next 429 pauses like a first one again (half to all of 1 s), not 8 s.
+    limited = error(429, "slow down")
+    api = FakeAPI(script=[limited, limited, limited, None, limited])
+    policy = clipnormals.RetryPolicy(initial=1.0, max_backoff=64.0)
+    async with _client(api, retry=policy, max_concurrency=1) as client:
+        await client.surface_normals(prepared(1))  # three 429s, then a success
+        await client.surface_normals(prepared(2))  # one 429, then a success
+    gaps = [b - a for a, b in itertools.pairwise(api.arrivals)]
+    assert len(gaps) == 5
+    assert 0.5 <= gaps[0] <= 1.1  # windows of 1, 2 and 4 s: half to all of each
+    assert 1.0 <= gaps[1] <= 2.1
+    assert 2.0 <= gaps[2] <= 4.1
+    assert 0.5 <= gaps[4] <= 1.1, gaps
+
+
+async def test_a_402_tells_the_ledger_the_balance_is_zero() -> None:
+    api = FakeAPI(script=[error(402, "no credits left")])  # no balance header on the 402
+    async with _client(api) as client:
+        with pytest.raises(clipnormals.InsufficientCreditsError):
+            await client.surface_normals(prepared())
+        assert client.credits.remaining == 0
+        assert client.halted

@@ -2,10 +2,15 @@
 
 A kill -9 can land while a request is in flight: the server has charged for an answer the
 client never reads, and no client can get that credit back. The resume test therefore kills
-at an instant when every credit charged so far has its output recorded (it freezes the process
-with SIGSTOP, checks, and thaws it to try again otherwise) and then asserts exact payment; a
-second test kills at an arbitrary instant and asserts the bound: at most one lost credit per
-request in flight.
+at an instant when every credit charged so far has its output recorded, and then asserts exact
+payment; a second test kills at an arbitrary instant and asserts the bound: at most one lost
+credit per request in flight.
+
+A test that must act "midway" does not race the run: the emulator sits behind a door
+(:class:`Door`) that lets a given number of uploads through and holds the next ones, unseen by
+the emulator (neither counted nor charged). The run cannot finish before the test acts, however
+slow the test process is on a busy machine, and "nothing is owed" is a fact the test waits for
+(no upload inside the emulator, every charged credit recorded) instead of an instant it hunts.
 """
 
 from __future__ import annotations
@@ -15,16 +20,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from PIL import Image
 
 from clipnormals._atomic import TEMP_SUFFIX
 from clipnormals._batch.manifest import ManifestRecord, RecordStatus, read_manifest
 from clipnormals.emulator import (
+    ENDPOINT,
     Emulator,
     EmulatorConfig,
     RunningServer,
@@ -43,19 +52,96 @@ CONCURRENCY = 4
 DEADLINE = 60.0
 
 
+class Door(Emulator):
+    """The emulator behind a door: ``admit(n)`` lets ``n`` more uploads in and holds the next
+    ones at the door, where the emulator never sees them (not counted, not charged);
+    ``turn_away()`` answers the held ones 503 without letting them in; ``open()`` lets every
+    upload in again. ``inside`` counts uploads the emulator is handling."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        super().__init__(config)
+        self._lock = threading.Lock()
+        self._allowance: int | None = None  # None: open
+        self._turning_away = False
+        self.held = 0
+        self.inside = 0
+
+    def admit(self, count: int) -> None:
+        with self._lock:
+            self._allowance = count
+
+    def open(self) -> None:
+        with self._lock:
+            self._allowance = None
+            self._turning_away = False
+
+    def turn_away(self) -> None:
+        with self._lock:
+            self._turning_away = True
+
+    def _enter(self) -> str:
+        with self._lock:
+            if self._turning_away:
+                return "away"
+            if self._allowance is None:
+                self.inside += 1
+                return "in"
+            if self._allowance > 0:
+                self._allowance -= 1
+                self.inside += 1
+                return "in"
+            return "wait"
+
+    @property
+    def app(self) -> Any:
+        inner = super().app
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["path"] != ENDPOINT:
+                await inner(scope, receive, send)
+                return
+            state = self._enter()
+            if state == "wait":
+                with self._lock:
+                    self.held += 1
+                try:
+                    # the door is opened from the test's thread: polled, not awaited
+                    while (state := self._enter()) == "wait":  # noqa: ASYNC110
+                        await anyio.sleep(0.005)
+                finally:
+                    with self._lock:
+                        self.held -= 1
+            if state == "away":
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            try:
+                await inner(scope, receive, send)
+            finally:
+                with self._lock:
+                    self.inside -= 1
+
+        return app
+
+
 def start_emulator(credits: int) -> RunningServer:
     requests, per = RATE
     config = EmulatorConfig(
         keys={KEY: credits},
         limit=ServerLimit(requests=requests, per=per, policy="sliding", retry_after="precise"),
     )
-    return start_in_thread(Emulator(config))
+    return start_in_thread(Door(config))
 
 
 @pytest.fixture
 def server() -> Iterator[RunningServer]:
     with start_emulator(credits=1000) as running:
         yield running
+
+
+def door(server: RunningServer) -> Door:
+    assert isinstance(server.emulator, Door)
+    return server.emulator
 
 
 def command(*args: str) -> list[str]:
@@ -102,39 +188,45 @@ def uploads_recorded(out: Path) -> int:
     return sum(r.credits for r in records(out).values() if r.status is RecordStatus.DONE)
 
 
-def wait_for_records(out: Path, proc: subprocess.Popen[str], at_least: int) -> None:
+def wait_until(what: str, predicate: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
+    """Poll for evidence (a manifest line, the emulator's counters); never a fixed sleep."""
     deadline = time.monotonic() + DEADLINE
-    while uploads_recorded(out) < at_least:
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        assert time.monotonic() < deadline
+    while not predicate():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {DEADLINE:.0f} s"
         time.sleep(0.01)
 
 
-def emulator_idle(server: RunningServer) -> None:
-    """Wait until the server has nothing left it could still charge for: every upload it has
-    fully received is answered (a frozen client cannot finish sending another)."""
-    stats = server.emulator.stats
-    last = -1
-    while True:
-        time.sleep(0.05)
-        now = stats.credits_charged
-        if now == last:
-            return
-        last = now
+def wait_for_records(out: Path, proc: subprocess.Popen[str], at_least: int) -> None:
+    wait_until(f"{at_least} uploads were recorded", lambda: uploads_recorded(out) >= at_least, proc)
 
 
-def kill_when_nothing_is_owed(proc: subprocess.Popen[str], server: RunningServer, out: Path) -> int:
-    """SIGKILL ``proc`` at an instant when every charged credit has its output recorded."""
-    for attempt in range(500):
-        os.kill(proc.pid, signal.SIGSTOP)
-        emulator_idle(server)
-        if server.emulator.stats.credits_charged == uploads_recorded(out):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=DEADLINE)
-            return attempt
-        os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.003 * (attempt % 7))
-    raise AssertionError("never found an instant without a paid answer in flight")
+def kill_when_nothing_is_owed(
+    proc: subprocess.Popen[str], server: RunningServer, out: Path
+) -> None:
+    """SIGKILL ``proc`` once every credit charged has its output recorded. The door holds
+    every new upload, so once no upload is inside the emulator, nothing more is charged."""
+    gate, stats = door(server), server.emulator.stats
+    wait_until(
+        "every charged credit was recorded, with the next uploads held at the door",
+        lambda: (
+            gate.held > 0 and gate.inside == 0 and stats.credits_charged == uploads_recorded(out)
+        ),
+        proc,
+    )
+    proc.kill()
+    proc.wait(timeout=DEADLINE)
+
+
+def reopen(server: RunningServer) -> None:
+    """After a kill: answer the uploads held for the dead client 503, then open the door."""
+    gate = door(server)
+    gate.turn_away()
+    deadline = time.monotonic() + DEADLINE
+    while gate.held:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    gate.open()
 
 
 def output_files(out: Path) -> dict[str, Path]:
@@ -161,6 +253,7 @@ def test_sigkill_midway_then_resume_pays_exactly_once_per_distinct_image(
     corpus = make_corpus(tmp_path / "in", 190, duplicates=8, corrupt=True)
     out = tmp_path / "out"
     args = batch_args(corpus, out, server)
+    door(server).admit(80)  # the run cannot get further than 80 uploads before the kill
 
     proc = start(args, tmp_path)
     try:
@@ -171,8 +264,10 @@ def test_sigkill_midway_then_resume_pays_exactly_once_per_distinct_image(
             proc.kill()
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+    reopen(server)
     partial = output_files(out)
     assert 60 <= len(partial) < len(corpus.good)
+    assert server.emulator.stats.credits_charged == uploads_recorded(out) == 80
     assert_whole_jpegs(list(partial.values()))  # atomic: whole files or none
 
     resumed = run(args, tmp_path)
@@ -207,12 +302,14 @@ def test_sigkill_at_any_instant_loses_at_most_the_requests_in_flight(
     corpus = make_corpus(tmp_path / "in", 80, duplicates=4)
     out = tmp_path / "out"
     args = batch_args(corpus, out, server)
+    door(server).admit(50)  # the kill lands before the run can finish, whatever the load
     proc = start(args, tmp_path)
     try:
         wait_for_records(out, proc, at_least=25)
         proc.kill()
     finally:
         proc.communicate()
+    reopen(server)
     assert_whole_jpegs(list(output_files(out).values()))
 
     resumed = run(args, tmp_path)
@@ -255,17 +352,22 @@ def test_ctrl_c_stops_sending_and_records_everything_paid_for(
     corpus = make_corpus(tmp_path / "in", 120)
     out = tmp_path / "out"
     args = batch_args(corpus, out, server)
+    gate = door(server)
+    gate.admit(30)
     proc = start(args, tmp_path)
     try:
         wait_for_records(out, proc, at_least=20)
+        # Ctrl-C while uploads are in flight: held at the door, so there surely are some.
+        wait_until("uploads were held at the door", lambda: gate.held > 0, proc)
         proc.send_signal(signal.SIGINT)
+        gate.open()  # the uploads in flight are answered; a graceful stop waits for them
         _, stderr = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
     # Graceful: requests in flight were answered and recorded; nothing paid is lost.
-    assert server.emulator.stats.credits_charged == uploads_recorded(out)
+    assert server.emulator.stats.credits_charged == uploads_recorded(out) > 30
     latest = records(out)
     not_sent = [r for r in latest.values() if r.status is RecordStatus.NOT_SENT]
     assert not_sent

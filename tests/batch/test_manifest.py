@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -318,3 +319,42 @@ def test_a_failed_group_commit_fails_every_caller_in_it(
     assert all(isinstance(e, OSError) for e in errors), errors
     assert "No space left" in str(errors[0]) + str(errors[1])
     assert set(read_manifest(tmp_path / "manifest.jsonl").records) == {"a"}
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"size": [0, 3], "display_size": [4, 3]},
+        {"size": [4, 3], "display_size": [4, 0]},
+        {"size": [4, 3], "display_size": [4, 3], "orientation": 9},
+        {"size": [4], "display_size": [4, 3]},
+    ],
+)
+def test_a_record_with_an_impossible_geometry_is_not_a_record(geometry: dict[str, Any]) -> None:
+    # A zero size would divide by zero when a later run maps the normal map back.
+    line = rec("a.png").to_json()[:-1] + f',"geometry":{json.dumps(geometry)}' + "}"
+    with pytest.raises(ValueError, match="geometry"):
+        ManifestRecord.from_json(line.replace('"geometry":null,', ""))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name descriptors")
+def test_a_new_manifest_is_flushed_with_its_folder_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "out" / "manifest.jsonl"
+    with ManifestWriter(path) as w:
+        w.append([rec("a")])
+        w.append([rec("b")])
+    # the file's first records, and the folder entry that makes the new file survive a power
+    # cut; the folder once (the file existed for the second append)
+    assert synced.count(str(path)) == 2
+    assert synced.count(str(path.parent)) == 1
+    assert synced.index(str(path.parent)) < synced.index(str(path))

@@ -1,0 +1,175 @@
+"""The batch plan on its own: what a resume trusts, what it copies, what it adopts.
+
+``make_plan`` reads the inputs, the manifest and the output folder and decides, per distinct
+content, whether to send, copy or skip. These tests build that state by hand (records, outputs,
+receipts) and read the decision, so that each rule is checked where it is taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from clipnormals._batch.manifest import ManifestRecord, ManifestWriter, RecordStatus
+from clipnormals._batch.plan import BatchPlan, make_plan
+from clipnormals._batch.receipts import Receipt, write_receipt
+
+from .corpus import make_corpus, noise_image
+
+pytestmark = pytest.mark.anyio
+
+MAP = b"\xff\xd8 a normal map \xff\xd9"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def done(source: str, root: Path, content: bytes, output: str, written: bytes) -> ManifestRecord:
+    return ManifestRecord(
+        source=source,
+        path=str(root / source),
+        sha256=sha(content),
+        status=RecordStatus.DONE,
+        output=output,
+        output_sha256=sha(written),
+        output_size=len(written),
+        credits=1,
+    )
+
+
+async def plan(root: Path, out: Path, records: list[ManifestRecord]) -> BatchPlan:
+    manifest = out / "manifest.jsonl"
+    if records:
+        with ManifestWriter(manifest) as writer:
+            writer.append(records)
+    return await make_plan([root], output_dir=out, manifest=manifest)
+
+
+def decision(result: BatchPlan, key: str) -> str:
+    for job in result.jobs:
+        if any(m.key == key for m, _ in job.complete):
+            return "complete"
+        if any(m.key == key for m in job.pending):
+            return "send" if job.needs_send else "copy"
+    raise AssertionError(f"{key} is in no job")
+
+
+async def test_an_intact_output_recorded_for_the_same_content_and_path_is_complete(
+    tmp_path: Path,
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(1)
+    (root / "a.png").write_bytes(content)
+    (out).mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    result = await plan(root, out, [done("a.png", root, content, "a.png.normals.jpg", MAP)])
+    assert decision(result, "a.png") == "complete"
+    assert result.sends == []
+
+
+async def test_a_record_naming_another_output_file_does_not_make_the_source_complete(
+    tmp_path: Path,
+) -> None:
+    # The record's output is intact, but it is not where this source's output goes (a manifest
+    # written with another layout): the source still needs its own file, copied, not bought.
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(2)
+    (root / "a.png").write_bytes(content)
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "a.png.jpg").write_bytes(MAP)
+    result = await plan(root, out, [done("a.png", root, content, "old/a.png.jpg", MAP)])
+    assert decision(result, "a.png") == "copy"
+    (job,) = result.jobs
+    assert job.reuse_record is not None
+    assert job.reuse_record.output == "old/a.png.jpg"
+
+
+async def test_a_record_for_other_content_does_not_make_the_source_complete(
+    tmp_path: Path,
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    old, new = noise_image(3), noise_image(4)
+    (root / "a.png").write_bytes(new)  # the source changed since its record
+    out.mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    result = await plan(root, out, [done("a.png", root, old, "a.png.normals.jpg", MAP)])
+    assert decision(result, "a.png") == "send"
+
+
+async def test_an_output_with_its_size_but_other_bytes_is_not_intact(tmp_path: Path) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(5)
+    (root / "a.png").write_bytes(content)
+    out.mkdir()
+    damaged = bytes(b ^ 0x01 for b in MAP)
+    (out / "a.png.normals.jpg").write_bytes(damaged)
+    result = await plan(root, out, [done("a.png", root, content, "a.png.normals.jpg", MAP)])
+    assert decision(result, "a.png") == "send"
+
+
+async def test_a_copy_is_made_only_from_an_intact_output(tmp_path: Path) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(6)
+    (root / "a.png").write_bytes(content)
+    (root / "b.png").write_bytes(content)  # same content, no record of its own
+    out.mkdir()
+    records = [done("a.png", root, content, "a.png.normals.jpg", MAP)]
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    result = await plan(root, out, records)
+    assert decision(result, "b.png") == "copy"
+    (out / "a.png.normals.jpg").write_bytes(MAP[:-1] + b"!")  # damaged since
+    result = await plan(root, out, [])
+    assert decision(result, "a.png") == decision(result, "b.png") == "send"
+
+
+async def test_every_file_is_hashed_however_many_there_are(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "in", 70)  # more than two chunks of files per thread
+    result = await make_plan(
+        [corpus.root], output_dir=tmp_path / "out", manifest=tmp_path / "out" / "m.jsonl"
+    )
+    assert result.unreadable == []
+    assert {m.key for j in result.jobs for m in j.members} == set(corpus.good)
+    assert {j.sha256 for j in result.jobs} == {corpus.sha(k) for k in corpus.good}
+
+
+async def test_adopted_copies_carry_the_upload_cost_once(tmp_path: Path) -> None:
+    # Three sources with one content, outputs written by a run whose records were lost: they
+    # are adopted, and the one upload's credit shows on one record only.
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(7)
+    for name in ("a.png", "b.png", "c.png"):
+        (root / name).write_bytes(content)
+        (out / f"{name}.normals.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.normals.jpg").write_bytes(MAP)
+    write_receipt(out, Receipt(sha(MAP), len(MAP), sha(content), credits=1))
+    result = await plan(root, out, [])
+    assert sorted(r.source for r in result.adopted) == ["a.png", "b.png", "c.png"]
+    assert sorted(r.credits for r in result.adopted) == [0, 0, 1]
+    assert result.sends == []
+
+
+async def test_an_output_is_adopted_only_through_a_receipt_for_its_own_content(
+    tmp_path: Path,
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    mine, other = noise_image(8), noise_image(9)
+    (root / "a.png").write_bytes(mine)
+    (root / "b.png").write_bytes(other)
+    out.mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    (out / "b.png.normals.jpg").write_bytes(MAP)
+    # a receipt for this output, but for a third content: it vouches for neither source
+    write_receipt(out, Receipt(sha(MAP), len(MAP), sha(noise_image(10)), credits=1))
+    result = await plan(root, out, [])
+    assert result.adopted == []
+    assert decision(result, "a.png") == decision(result, "b.png") == "send"
