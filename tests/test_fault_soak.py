@@ -83,7 +83,8 @@ async def test_a_thousand_images_through_faults(soak_server: RunningServer) -> N
         items = [item async for item in client.map(images)]
         _report("soak", soak_server, client, time.monotonic() - started)
         stats = soak_server.emulator.stats
-        assert [repr(i.error) for i in items if not i.ok] == []  # no image lost
+        lost = [(repr(i.error), f"{i.attempts} attempts") for i in items if not i.ok]
+        assert lost == []  # no image lost
         assert len(items) == 1000
         assert stats.statuses.get(402, 0) == 0
         assert client.credits.consumed == stats.credits_charged

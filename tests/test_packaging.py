@@ -106,9 +106,11 @@ def test_the_sdist_holds_what_its_tests_read(dist: Path) -> None:
     for name in ("CHANGELOG.md", "README.md", "pyproject.toml", "mkdocs.yml"):
         assert name in files, name
     assert "_clipnormals_pytest.py" in files
-    # Every file of these folders that git tracks (generated files aside).
+    # Every file of the folders the suite reads that git tracks (generated files aside):
+    # tests/test_benchmarks.py loads the benchmark scripts.
+    folders = ("benchmarks", "clipnormals", "docs", "examples", "scripts", "tests")
     tracked = subprocess.run(
-        ["git", "ls-files", "clipnormals", "tests", "examples", "docs"],
+        ["git", "ls-files", *folders],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -117,7 +119,7 @@ def test_the_sdist_holds_what_its_tests_read(dist: Path) -> None:
     if tracked.returncode != 0:  # an unpacked sdist: no git; compare with the folders instead
         expected = {
             p.relative_to(ROOT).as_posix()
-            for folder in ("clipnormals", "tests", "examples", "docs")
+            for folder in folders
             for p in (ROOT / folder).rglob("*")
             if p.is_file() and "__pycache__" not in p.parts
         }
