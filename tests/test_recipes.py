@@ -187,3 +187,17 @@ def test_every_public_name_has_an_api_reference_entry(module: str) -> None:
         if not name.startswith("__") and f"{module}.{name}" not in documented
     ]
     assert missing == [], f"add to docs/reference/: {missing}"
+
+
+def test_every_test_the_readme_names_as_proof_exists() -> None:
+    """The README's guarantees name the tests that prove them; a renamed test must not leave a
+    promise proved by nothing."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## What it guarantees") : text.index("## Documentation")]
+    named = re.findall(r"`([\w/]+\.py)(?:::(\w+))?", section)
+    assert len(named) >= 10
+    for file, test in named:
+        path = ROOT / "tests" / file
+        assert path.is_file(), file
+        if test:
+            assert re.search(rf"^(async )?def {test}\(", path.read_text(), re.M), f"{file}::{test}"
