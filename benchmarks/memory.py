@@ -94,37 +94,32 @@ async def child_map(n: int) -> dict[str, Any]:
     return {"done": done, "seconds": seconds, "rss_before_mib": before}
 
 
-async def child_batch(n: int, folder: Path) -> dict[str, Any]:
-    import clipnormals
+async def _timed_over_folder(folder: Path, dry: bool) -> dict[str, Any]:
+    """``run_batch`` (or ``dry_run``) over ``folder``, on a client already warmed up by one
+    image: its time, the images it did (or would send), and the RSS before it started."""
     import clipnormals.batch
 
     with tempfile.TemporaryDirectory(prefix="clipnormals-bench-out-") as out:
+        config = clipnormals.batch.BatchConfig(inputs=[folder], output_dir=Path(out))
         async with in_process_client() as client:
             async for item in client.map(images(1)):
                 item.unwrap()
             before = rss_mib()
             started = time.perf_counter()
-            summary = await clipnormals.batch.run_batch(
-                clipnormals.batch.BatchConfig(inputs=[folder], output_dir=Path(out)), client=client
-            )
+            if dry:
+                done = (await clipnormals.batch.dry_run(config, client=client)).to_send
+            else:
+                done = (await clipnormals.batch.run_batch(config, client=client)).done
             seconds = time.perf_counter() - started
-    return {"done": summary.done, "seconds": seconds, "rss_before_mib": before}
+    return {"done": done, "seconds": seconds, "rss_before_mib": before}
+
+
+async def child_batch(n: int, folder: Path) -> dict[str, Any]:
+    return await _timed_over_folder(folder, dry=False)
 
 
 async def child_dryrun(n: int, folder: Path) -> dict[str, Any]:
-    import clipnormals.batch
-
-    with tempfile.TemporaryDirectory(prefix="clipnormals-bench-out-") as out:
-        async with in_process_client() as client:
-            async for item in client.map(images(1)):
-                item.unwrap()
-            before = rss_mib()
-            started = time.perf_counter()
-            report = await clipnormals.batch.dry_run(
-                clipnormals.batch.BatchConfig(inputs=[folder], output_dir=Path(out)), client=client
-            )
-            seconds = time.perf_counter() - started
-    return {"done": report.to_send, "seconds": seconds, "rss_before_mib": before}
+    return await _timed_over_folder(folder, dry=True)
 
 
 def child(mode: str, n: int, folder: Path | None) -> None:
