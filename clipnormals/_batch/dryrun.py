@@ -37,6 +37,7 @@ from .manifest import ManifestState
 from .outcomes import ExitCode, StopReason, most_urgent
 from .plan import make_plan
 from .progress import estimate_seconds
+from .runner import require_async_client
 
 __all__ = ["DryRunReport", "dry_run"]
 
@@ -132,12 +133,15 @@ async def dry_run(
 
     Raises:
         BatchInputError, OutputFolderError: as a run would, before anything else.
+        TypeError: ``client`` is not an :class:`AsyncClient` (the blocking ``Client`` included).
 
     Example:
         >>> async def main() -> None:
         ...     report = await dry_run(BatchConfig(inputs=["portraits"], output_dir=Path("out")))
         ...     print(report.to_send, "uploads,", len(report.invalid), "rejected")
     """
+    if client is not None:
+        require_async_client("dry_run", client)
     if client is None:
         async with AsyncClient(
             api_key=_NO_KEY, base_url=DEFAULT_BASE_URL, rate_limit=rate_limit

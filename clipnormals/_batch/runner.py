@@ -48,6 +48,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._core.client import AsyncClient
 from .._core.results import MapItem
+from .._core.sync import Client
 from .._errors import ClipnormalsError, InvalidImageError
 from .._images.prepare import PreparedImage
 from .config import BatchConfig
@@ -112,6 +113,7 @@ async def run_batch(
         BatchInputError: an input given directly cannot be used; nothing was sent.
         OutputFolderError: the output folder cannot be written; nothing was sent.
         ManifestLockedError: another run is writing the same manifest; nothing was sent.
+        TypeError: ``client`` is not an :class:`AsyncClient` (the blocking ``Client`` included).
 
     Example:
         >>> async def main() -> None:
@@ -120,12 +122,26 @@ async def run_batch(
         ...         summary = await run_batch(config, client=client)
         ...     print(summary.done, summary.skipped, summary.failed)
     """
+    require_async_client("run_batch", client)
     runner = _Runner(config, client, reporter or NullReporter(), control or BatchControl())
     try:
         return await runner.run()
     except BaseExceptionGroup as group:
         # Task groups wrap what a worker raised (a bug, say); hand over the error itself.
         raise _first_error(group) from None
+
+
+def require_async_client(caller: str, client: object) -> None:
+    """Refuse anything but an :class:`AsyncClient` at once, with what to use instead."""
+    if isinstance(client, AsyncClient):
+        return
+    if isinstance(client, Client):
+        raise TypeError(
+            f"{caller} needs a clipnormals.AsyncClient, not the blocking Client: open an "
+            "AsyncClient in the async code that awaits it (async with clipnormals.AsyncClient"
+            "(...) as client), or run the batch from a shell with `clipnormals batch`"
+        )
+    raise TypeError(f"{caller} needs a clipnormals.AsyncClient, not {type(client).__name__}")
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

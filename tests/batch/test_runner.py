@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -635,3 +636,17 @@ async def test_the_dry_run_prepares_a_few_images_at_a_time_not_every_one_at_once
     report = await dry_run(config)
     assert report.to_send == corpus.distinct > 2
     assert 1 <= most <= 2, most
+
+
+@pytest.mark.parametrize("entry", ["run_batch", "dry_run"])
+def test_the_blocking_client_is_refused_with_what_to_use(tmp_path: Path, entry: str) -> None:
+    import clipnormals.batch
+
+    config = clipnormals.batch.BatchConfig(inputs=[tmp_path], output_dir=tmp_path / "out")
+    with clipnormals.Client(api_key="k" * 20, base_url="http://127.0.0.1:9") as blocking:
+        call = getattr(clipnormals.batch, entry)(config, client=blocking)
+        with pytest.raises(TypeError, match="AsyncClient, not the blocking Client"):
+            asyncio.run(call)
+    with pytest.raises(TypeError, match="AsyncClient, not str"):
+        asyncio.run(getattr(clipnormals.batch, entry)(config, client="client"))
+    assert not (tmp_path / "out").exists()  # refused before anything was written
