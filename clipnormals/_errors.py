@@ -67,7 +67,11 @@ __all__ = [
     "scrub_bytes",
 ]
 
-_SENSITIVE_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie"})
+_SENSITIVE_HEADERS = frozenset(
+    {"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"}
+)
+#: Where servers and gateways put the id of a request, first found wins.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-cloud-trace-context")
 _MAX_BODY_KEPT = 4096
 
 
@@ -107,10 +111,12 @@ class APIStatusError(ClipnormalsError):
     Attributes:
         status_code: the HTTP status.
         body: the response body (at most 4 KiB of it), ``b""`` when there was none.
-        headers: the response headers, without any credential.
+        headers: the response headers, without any credential or cookie.
         error: the server's ``{"error": ...}`` text when the body carried one, else ``None``.
         retry_after: seconds the server asked to wait before trying again (``Retry-After``,
             delta-seconds or an HTTP date), ``None`` when absent.
+        request_id: the server's id of the request (``x-request-id`` and the like), for a
+            support ticket; ``None`` when the answer carried none.
 
     Example:
         >>> exc = APIStatusError.from_response(httpx.Response(400, json={"error": "bad"}))
@@ -142,6 +148,11 @@ class APIStatusError(ClipnormalsError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
+
+    @property
+    def request_id(self) -> str | None:
+        """The server's id of the request, from the (scrubbed) headers kept."""
+        return next((self.headers[h] for h in REQUEST_ID_HEADERS if h in self.headers), None)
 
     @classmethod
     def from_response(

@@ -316,3 +316,64 @@ async def test_proxy_variables_never_apply_to_a_loopback_emulator(
         nm = await client.surface_normals(prepared())
     assert nm.credits_consumed == 1
     assert caplog.text == ""  # and no warning about proxy variables that do not apply
+
+
+def test_the_blocking_client_refuses_an_http_client_of_the_callers_loop() -> None:
+    http = httpx.AsyncClient()
+    with pytest.raises(ValueError, match="own event loop"):
+        clipnormals.Client(api_key=KEY, http_client=http)
+    anyio.run(http.aclose)
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ({"x-trace": "a\r\nb"}, "control character"),
+        ({"x-trace": "a\x00b"}, "control character"),
+        ({"x trace": "a"}, "not a header name"),
+        ({"x-trace:": "a"}, "not a header name"),
+        ({"": "a"}, "not a header name"),
+    ],
+)
+async def test_headers_that_cannot_be_sent_are_refused_when_the_client_is_built(
+    headers: dict[str, str], words: str
+) -> None:
+    # Before: accepted, then every request failed as a "connection error" and was retried.
+    with pytest.raises(ValueError, match=words):
+        clipnormals.AsyncClient(api_key=KEY, default_headers=headers)
+
+
+async def test_a_header_with_a_tab_and_punctuation_is_sent() -> None:
+    api = FakeAPI()
+    headers = {"x-trace.id_1": "a\tb; c=d"}
+    async with clipnormals.AsyncClient(
+        api_key=KEY, transport=api.transport(), default_headers=headers
+    ) as client:
+        await client.surface_normals(prepared())
+    assert api.headers_seen[0]["x-trace.id_1"] == "a\tb; c=d"
+
+
+def test_a_ca_bundle_that_is_not_one_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"nowhere\.pem.*No such file"):
+        clipnormals.AsyncClient(api_key=KEY, verify=str(tmp_path / "nowhere.pem"))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate")
+    with pytest.raises(ValueError, match="not a CA bundle"):
+        clipnormals.AsyncClient(api_key=KEY, verify=str(text))
+
+
+async def test_an_error_carries_the_request_id_and_no_cookie() -> None:
+    api = FakeAPI(
+        script=[
+            httpx.Response(
+                400,
+                json={"error": "bad"},
+                headers={"x-request-id": "req-42", "set-cookie": "session=secret"},
+            )
+        ]
+    )
+    async with clipnormals.AsyncClient(api_key=KEY, transport=api.transport()) as client:
+        with pytest.raises(clipnormals.BadRequestError) as caught:
+            await client.surface_normals(prepared())
+    assert caught.value.request_id == "req-42"
+    assert "set-cookie" not in caught.value.headers

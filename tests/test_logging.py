@@ -70,3 +70,19 @@ def test_clipnormals_log_shows_the_library_lines(level: str, shown: str | None) 
     assert "attempt 1 failed" in done.stderr
     if shown == "DEBUG":
         assert "POST /portrait-surface-normals/v1 -> 200" in done.stderr
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_clipnormals_log_beside_the_applications_logging_shows_each_line_once(when: str) -> None:
+    configure = "import logging; logging.basicConfig(format='app: %(message)s')\n"
+    script = _SCRIPT.replace("asyncio.run(main())", "")
+    script = configure + script if when == "before" else script + configure
+    script += "asyncio.run(main())\n"
+    env = {"CLIPNORMALS_LOG": "info", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    failed = [line for line in done.stderr.splitlines() if "attempt 1 failed" in line]
+    assert len(failed) == 1, done.stderr
+    assert failed[0].startswith("app: ")  # through the application's handler

@@ -212,14 +212,27 @@ async def test_429s_sent_before_a_lesson_teach_nothing_more() -> None:
     # Four requests in flight are refused at once (a storm the server injects): the first
     # teaches, the three others were sent under the same settings and change nothing.
     limiter = clipnormals.LocalLimiter(clipnormals.RateLimit(requests=60, per=60.0))
-    starts = [await limiter.acquire() for _ in range(4)]
-    await limiter.rate_limited(started=starts[1], pause=0.0)
+    starts = [await limiter.acquire() for _ in range(5)]
+    await limiter.admitted(started=starts[0])
+    await limiter.rate_limited(started=starts[2], pause=0.0)
     after_first = limiter.current
-    for started in (starts[0], starts[2], starts[3]):
+    for started in (starts[1], starts[3], starts[4]):
         await limiter.rate_limited(started=started, pause=0.0)
     assert limiter.lessons == 1
     assert limiter.current == after_first
     assert after_first.rate <= limiter.rate_limit.rate  # a lesson lowers, never raises
+
+
+async def test_429s_before_anything_was_admitted_teach_nothing() -> None:
+    # A window still full of an earlier run's requests (or another user of the key) refuses
+    # the first requests of a new client: that says nothing about the quota.
+    limiter = clipnormals.LocalLimiter(clipnormals.RateLimit(requests=60, per=60.0))
+    starts = [await limiter.acquire() for _ in range(3)]
+    for started in starts:
+        await limiter.rate_limited(started=started, pause=0.0)
+    assert limiter.lessons == 0
+    assert limiter.learned is None
+    assert limiter.current == limiter.rate_limit
 
 
 async def test_probes_never_go_above_the_configured_quota() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import replace
@@ -84,6 +85,7 @@ class AsyncClient:
         http_client: an ``httpx.AsyncClient`` of your own (proxies, certificates, mounts,
             limits as you set them); it is never closed by this client. Not with
             ``transport``, ``proxy``, ``verify``, ``default_headers`` or ``event_hooks``.
+            Its own timeout is not used: ``timeout`` here applies to every request.
         proxy: a proxy URL (or ``httpx.Proxy``) for every request.
         verify: TLS verification: True, False, a CA bundle path, or an ``ssl.SSLContext``.
         default_headers: extra headers on every request (the key header cannot be overridden).
@@ -576,6 +578,16 @@ def _check_options(
                 raise TypeError("default_headers must map str to str")
             if not (name.isascii() and value.isascii()):
                 raise ValueError(f"default_headers: {name!r} is not plain ASCII (HTTP headers are)")
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"default_headers: {name!r} is not a header name (letters, digits and "
+                    "!#$%&'*+-.^_`|~ only: RFC 9110, section 5.1)"
+                )
+            if any(not (" " <= c <= "~" or c == "\t") for c in value):
+                raise ValueError(
+                    f"default_headers: the value of {name!r} holds a control character "
+                    "(a line break would split the request: RFC 9110, section 5.5)"
+                )
     if event_hooks is not None:
         require_instance("event_hooks", event_hooks, Mapping, "a mapping of hook name to a list")
         for name, functions in event_hooks.items():  # type: ignore[attr-defined]
@@ -587,6 +599,7 @@ def _check_options(
                 raise TypeError(f"event_hooks[{name!r}] must be a list of callables")
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
 
 

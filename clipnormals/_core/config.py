@@ -131,13 +131,17 @@ def configure_logging_from_env(logger: logging.Logger) -> None:
 
     Like ``OPENAI_LOG``: a switch for a quick look without configuring logging. Without it the
     library only has a ``NullHandler`` and the application decides. Set once per process;
-    a value other than ``debug`` or ``info`` is ignored.
+    a value other than ``debug`` or ``info`` is ignored. When the application has configured
+    logging too, each line is shown once, through the application's handlers.
     """
     level = _LOG_LEVELS.get(os.environ.get(LOG_ENV, "").strip().lower())
     if level is None or any(getattr(h, "_clipnormals_env", False) for h in logger.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    # Once the application configures logging (``logging.basicConfig``, before or after this),
+    # the lines reach its handlers by propagation: this one steps aside, or each would show twice.
+    handler.addFilter(lambda _record: not logging.getLogger().handlers)
     handler._clipnormals_env = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from .._errors import APIConnectionError, APITimeoutError, scrub
+from .._errors import REQUEST_ID_HEADERS, APIConnectionError, APITimeoutError, scrub
 from .._version import __version__
 from .config import is_loopback_host, proxy_environment
 
@@ -44,7 +44,6 @@ EventHooks = Mapping[str, Sequence[Callable[..., Any]]]
 
 #: Headers that carry a request id, in the order they are looked for (Clipdrop's docs name
 #: none; these are what gateways and CDNs in front of an API commonly add).
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-cloud-trace-context")
 
 _USER_AGENT = f"clipnormals/{__version__}"
 
@@ -86,10 +85,15 @@ def build_http_client(
     host = f"[{base_url.host}]" if ":" in base_url.host else base_url.host  # IPv6 in brackets
     mounts = {f"all://{host}": None} if loopback and proxy is None else None
     if isinstance(verify, str):  # a CA bundle file or folder, as requests and httpx once took
-        if os.path.isdir(verify):
-            verify = ssl.create_default_context(capath=verify)
-        else:
-            verify = ssl.create_default_context(cafile=verify)
+        try:
+            if os.path.isdir(verify):
+                verify = ssl.create_default_context(capath=verify)
+            else:
+                verify = ssl.create_default_context(cafile=verify)
+        except OSError as exc:  # ssl.SSLError included
+            raise ValueError(
+                f"verify={verify!r}: not a CA bundle file or folder ({exc.strerror or exc})"
+            ) from None
     headers = {"user-agent": _USER_AGENT, **(default_headers or {})}
     hooks = {name: list(functions) for name, functions in (event_hooks or {}).items()}
     return httpx.AsyncClient(

@@ -55,10 +55,10 @@ Four windows after a lesson, and then after each window without one, the limiter
 up by one request (or one spacing of margin), never above the configured quota. A 429 during a
 probe's first window undoes the probe, and the next probe waits eight windows (twice as long
 after each failure). 429s for attempts that started before the last lesson teach nothing (they
-were sent under the old settings), nor do 429s before anything sent since the last lesson was
-admitted (a window counter may still be full). What was learned is a plain :class:`RateLimit`
-(``LocalLimiter.learned``, ``client.stats.learned``) to pass as ``rate_limit`` next time;
-each lesson is logged once, at INFO.
+were sent under the old settings), nor do 429s before anything was admitted, at first or since
+the last lesson (a window counter may still be full of an earlier run's requests). What was
+learned is a plain :class:`RateLimit` (``LocalLimiter.learned``, ``client.stats.learned``) to
+pass as ``rate_limit`` next time; each lesson is logged once, at INFO.
 """
 
 from __future__ import annotations
@@ -455,10 +455,10 @@ class LocalLimiter:
         await self.cooldown(pause)
         if start is None or not self.rate_limit.adaptive or started <= self._lesson_at:
             return  # unknown, or sent under settings already changed by an earlier lesson
-        if self._lessons and not any(
-            s.status == _ADMITTED and s.time > self._lesson_at for s in self._starts
-        ):
-            return  # nothing admitted since the last lesson: the server's state is unknown yet
+        if not any(s.status == _ADMITTED and s.time > self._lesson_at for s in self._starts):
+            # Nothing admitted yet, or since the last lesson: the server's state is unknown (a
+            # window still full of an earlier run's requests, or of another user of the key).
+            return
         self._learn(start, anyio.current_time(), paused_until)
 
     def _learn(self, refused: _Start, now: float, paused_until: float) -> None:

@@ -47,6 +47,9 @@ class Client:
     kernel already runs an event loop: use ``AsyncClient`` with top-level ``await`` there, so
     the kernel's other tasks keep running while the client works.
 
+    ``http_client=`` is refused (``ValueError``): an ``httpx.AsyncClient`` is bound to the
+    event loop it is used in, and this client's loop is its own.
+
     A :class:`Limiter` or :class:`Ledger` given here belongs to this client, since its
     connections live on the client's loop: a ledger that is an async context manager (a
     ``RedisLedger``) is entered in that loop when the client is built, and :meth:`close` closes
@@ -85,6 +88,14 @@ class Client:
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self._closed = True  # until fully built: repr and close work on a half-built client
+        if http_client is not None:
+            # Its connections would belong to this client's private event loop, which ends
+            # with it: the caller's client would be left broken for its own loop.
+            raise ValueError(
+                "the blocking Client runs its own event loop and cannot share an "
+                "httpx.AsyncClient with yours: pass its settings instead (proxy=, verify=, "
+                "default_headers=, event_hooks=, transport=), or use AsyncClient(http_client=...)"
+            )
         self._pid = os.getpid()
         self._limiter = limiter
         self._root: Client | None = None  # set on views: the client that owns the loop
