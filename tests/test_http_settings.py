@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import clipnormals
-from clipnormals.emulator import EmulatorConfig, RunningServer, start_in_thread
+from clipnormals.emulator import EmulatorConfig, Latency, RunningServer, start_in_thread
 
 from .fakeapi import KEY, FakeAPI, prepared
 
@@ -377,3 +377,33 @@ async def test_an_error_carries_the_request_id_and_no_cookie() -> None:
             await client.surface_normals(prepared())
     assert caught.value.request_id == "req-42"
     assert "set-cookie" not in caught.value.headers
+
+
+@pytest.mark.loopback
+async def test_calls_waiting_when_the_client_closes_get_client_closed_error() -> None:
+    # Before: httpx's bare RuntimeError ("Cannot send a request, as the client has been
+    # closed") reached the callers whose requests had not been sent yet.
+    config = EmulatorConfig(
+        keys={KEY: 100}, limit=None, synth="canned", latency=Latency(seconds=0.3)
+    )
+    with start_in_thread(config) as server:
+        client = clipnormals.AsyncClient(
+            api_key=KEY, base_url=server.url, rate_limit=clipnormals.RateLimit(requests=5, per=1.0)
+        )
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await client.surface_normals(prepared())
+            except Exception as exc:
+                errors.append(exc)
+
+        async with client:
+            await client.surface_normals(prepared())
+            async with anyio.create_task_group() as tg:
+                for _ in range(6):
+                    tg.start_soon(call)
+                await anyio.sleep(0.1)
+                await client.aclose()
+    assert len(errors) == 6
+    assert {type(e) for e in errors} == {clipnormals.ClientClosedError}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import operator
 import weakref
+from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 
 import clipnormals
@@ -268,3 +270,20 @@ def test_the_blocking_map_left_early_through_a_named_generator_stops_too() -> No
         time.sleep(1.5)  # real time here: the blocking client runs its own event loop
         assert len(api.arrivals) <= started + 4  # what was in flight, at most
         items.close()
+
+
+@pytest.mark.parametrize(
+    "images",
+    [b"\x89PNG...", "portrait.jpg", Path("portrait.jpg"), np.zeros((4, 4, 3), np.uint8), 5, None],
+    ids=["bytes", "str", "path", "array", "int", "none"],
+)
+async def test_map_refuses_one_image_or_a_non_iterable_at_the_call(images: object) -> None:
+    # Before: one image was iterated (its bytes, its path's characters) into thousands of
+    # failed items; a non-iterable failed in a task nobody awaited and the loop hung.
+    api = FakeAPI()
+    async with clipnormals.AsyncClient(api_key=KEY, transport=api.transport()) as client:
+        with pytest.raises(TypeError, match="iterable of images"):
+            client.map(images)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="callable"):
+            client.map([prepared()], image="path")  # type: ignore[arg-type]
+    assert api.arrivals == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import ssl
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
@@ -373,6 +374,8 @@ class AsyncClient:
 
         Raises:
             ClientClosedError: the client is closed.
+            TypeError: ``images`` is not an iterable of images (one image alone, such as a path
+                or bytes, included: pass ``[image]``), or ``image`` is not callable.
 
         Example:
             >>> import asyncio
@@ -386,6 +389,7 @@ class AsyncClient:
         """
         session = self._session
         session.check_open(bind=False)
+        _check_map_sources(images, image)
         if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must not be negative")
         depth = self.max_concurrency + (self.max_concurrency if prefetch is None else prefetch)
@@ -511,6 +515,23 @@ class AsyncClient:
             partial(prepare_image, image, options=options, name=name),
             limiter=self._session.prep_slots,
         )
+
+
+def _check_map_sources(images: object, image: object) -> None:
+    """Refuse at the call what would otherwise fail in a task nobody awaits: not an iterable,
+    or one image alone (its bytes or its path's characters would be taken for images)."""
+    one = isinstance(images, str | bytes | bytearray | memoryview | os.PathLike)
+    if one or hasattr(images, "__array_interface__"):  # a numpy array or a PIL image
+        raise TypeError(
+            f"map() takes an iterable of images, not one image ({type(images).__name__}): "
+            "pass [image], or use surface_normals() for one"
+        )
+    if not isinstance(images, Iterable | AsyncIterable):
+        raise TypeError(
+            f"map() takes an iterable of images (sync or async), not {type(images).__name__}"
+        )
+    if image is not None and not callable(image):
+        raise TypeError(f"map(image=...) must be callable, not {type(image).__name__}")
 
 
 def _as_timeout(timeout: float | httpx.Timeout) -> httpx.Timeout:

@@ -388,7 +388,7 @@ class Session:
             timeout=http_timeout if http_timeout is not None else httpx.USE_CLIENT_DEFAULT,
             extensions=gate.extensions,
         )
-        failure: APIConnectionError | UnexpectedResponseError
+        failure: APIConnectionError | UnexpectedResponseError | ClientClosedError
         maybe_charged = True  # did the whole request possibly reach the server?
         answered = False
         scope = state.scope = anyio.CancelScope(
@@ -445,6 +445,12 @@ class Session:
             # Anything else httpx raises while reading (a body its content-encoding cannot
             # decode, say): not chained either.
             failure = translate(exc, self.key.reveal())
+        except RuntimeError:
+            if not self.http.is_closed:
+                raise
+            # httpx refuses to send through a closed client: closed while this one waited.
+            failure = ClientClosedError("the client was closed before this request was sent")
+            maybe_charged = False
         except BaseException:
             if not answered and gate.started is not None:
                 reservation.unanswered()  # cancelled while waiting: it may have been charged
