@@ -277,15 +277,21 @@ class CircuitOpenError(APIConnectionError):
     """The client stopped trying to reach the server after consecutive connection failures.
 
     Nothing was sent. The circuit lets one probe through after a pause; when it succeeds,
-    requests flow again. Not retried by the client itself.
+    requests flow again. For a server that answered before, an image waits for that probe (a
+    restart of a few seconds loses nothing): the error reaches the caller only once the probe
+    failed too, or the image's ``RetryPolicy.total`` ran out; for a server never reached, at
+    once.
 
     Attributes:
         host: the host that could not be reached.
+        retry_in: seconds until the probe may tell (the client waits that long and tries
+            again); ``None`` when the circuit's verdict is final for now.
     """
 
-    def __init__(self, message: str, *, host: str) -> None:
+    def __init__(self, message: str, *, host: str, retry_in: float | None = None) -> None:
         super().__init__(message)
         self.host = host
+        self.retry_in = retry_in
 
 
 class InvalidImageError(ClipnormalsError, ValueError):

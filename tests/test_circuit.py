@@ -171,3 +171,62 @@ async def test_occasional_failed_answers_never_open_it() -> None:
         for i in range(60):
             await client.surface_normals(prepared(i % 3))
     assert client.stats.successes == 60
+
+
+class _Restart:
+    """A server that answers, is down for ``down`` seconds from its ``after``-th request (every
+    connection refused), then answers again."""
+
+    def __init__(self, api: FakeAPI, after: int, down: float) -> None:
+        self.api, self.after, self.down = api, after, down
+        self.down_from: float | None = None
+        self.refused = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        now = anyio.current_time()
+        if self.down_from is None and len(self.api.arrivals) >= self.after:
+            self.down_from = now
+        if self.down_from is not None and now < self.down_from + self.down:
+            self.refused += 1
+            raise _refused()
+        return await self.api.handle(request)
+
+
+@pytest.mark.parametrize("down", [2.0, 45.0])
+async def test_a_restart_of_a_server_that_answered_loses_no_image(down: float) -> None:
+    # Before: the circuit opened and every image queued behind it failed at once, though the
+    # server was back two seconds later. Now they wait for the probe (one circuit_reset).
+    api = FakeAPI()
+    server = _Restart(api, after=10, down=down)
+    policy = clipnormals.RetryPolicy(initial=0.01, max_backoff=0.05)
+    async with clipnormals.AsyncClient(
+        api_key=KEY,
+        transport=httpx.MockTransport(server.handle),
+        rate_limit=clipnormals.RateLimit(requests=6000, per=60.0),
+        retry=policy,
+        max_concurrency=4,
+    ) as client:
+        items = [i async for i in client.map([prepared(i % 3) for i in range(60)])]
+    errors = [i.error for i in items if not i.ok]
+    assert server.refused >= policy.circuit_failures  # the circuit did open
+    if down < policy.circuit_reset:
+        assert errors == []  # the first probe found it back: nothing lost
+        assert len(api.accepted) == 60
+    else:
+        # Still down when the probe went: final, every image left fails at once.
+        assert errors
+        assert all(isinstance(e, clipnormals.CircuitOpenError) for e in errors)
+        assert all(
+            e.retry_in is None for e in errors if isinstance(e, clipnormals.CircuitOpenError)
+        )
+        assert server.refused <= policy.circuit_failures + 4 + 1  # in flight, and the probe
+
+
+async def test_a_server_never_reached_still_fails_at_once() -> None:
+    api = FakeAPI(script=[_refused()] * 100)
+    async with _client(api) as client:
+        started = anyio.current_time()
+        items = [i async for i in client.map([prepared(i % 3) for i in range(20)])]
+        assert anyio.current_time() - started < 5.0  # never a circuit_reset's wait
+    assert all(isinstance(i.error, clipnormals.APIConnectionError) for i in items)
+    assert all(getattr(i.error, "retry_in", None) is None for i in items)

@@ -407,3 +407,11 @@ async def test_calls_waiting_when_the_client_closes_get_client_closed_error() ->
                 await client.aclose()
     assert len(errors) == 6
     assert {type(e) for e in errors} == {clipnormals.ClientClosedError}
+
+
+async def test_idle_connections_are_dropped_before_common_servers_close_them() -> None:
+    # A connection kept as long as the server keeps it (httpx's 5 s, uvicorn's 5 s) races the
+    # server's close after a pause of that length: every pooled connection then fails once.
+    async with clipnormals.AsyncClient(api_key=KEY, base_url="http://127.0.0.1:9") as client:
+        pool = client._session.http._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry < 2.0  # gunicorn's default keep-alive, the shortest common

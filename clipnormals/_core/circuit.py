@@ -21,6 +21,12 @@ runs; a 429 counts for neither.
 - half-open: after that, one request (the probe) goes out; the others still fail at once. A
   good answer to the probe closes the circuit; a failure opens it for another ``reset`` seconds.
 
+For a server that answered before, an outage may be a restart: until a probe has failed, the
+errors say when the probe is due (``CircuitOpenError.retry_in``) and the client retries the
+image then, without using an attempt, within ``RetryPolicy.total``. Once a probe has failed (or
+for a server never reached), the errors are final: a dead host still fails a batch in about one
+``reset``, not one ``total`` per image.
+
 Time comes from the event loop's clock (``anyio.current_time``), like the limiter's.
 """
 
@@ -37,6 +43,7 @@ __all__ = ["CircuitBreaker"]
 
 _NEVER_CONNECTED_FAILURES = 3
 _ANSWER_FAILURES_PER_CONNECTION_FAILURE = 4
+_PROBE_POLL = 0.1  # seconds between looks while another request probes
 
 
 class CircuitBreaker:
@@ -53,6 +60,7 @@ class CircuitBreaker:
         "_connect_failures",
         "_connected_once",
         "_open_until",
+        "_probe_failed",
         "_probing",
         "failures",
         "host",
@@ -70,6 +78,7 @@ class CircuitBreaker:
         self._connected_once = False
         self._open_until = -math.inf
         self._probing = False
+        self._probe_failed = False
 
     @property
     def state(self) -> str:
@@ -114,9 +123,14 @@ class CircuitBreaker:
         else:
             why = f"{self._bad_answers} failed answers in a row"
             verb = "is not answering"
+        retry_in: float | None = None
+        if self._connected_once and not self._probe_failed:
+            # A server that answered before, and no probe has failed yet: perhaps a restart.
+            retry_in = _PROBE_POLL if self._probing else max(wait, _PROBE_POLL)
         return CircuitOpenError(
             f"{prefix}{self.host} {verb} ({why}, last: {self.last_error}); {when}",
             host=self.host,
+            retry_in=retry_in,
         )
 
     def connected(self) -> None:
@@ -130,6 +144,7 @@ class CircuitBreaker:
         self._bad_answers = 0
         self._open_until = -math.inf
         self._probing = False
+        self._probe_failed = False
 
     def connection_failed(self, error: str) -> bool:
         """A request could not reach the server; returns True when this opened the circuit."""
@@ -149,8 +164,13 @@ class CircuitBreaker:
         was_probing, self._probing = self._probing, False
         if self.failures == 0:
             return False
-        if was_probing or (not self._tripped() and over):
-            self._open_until = anyio.current_time() + self.reset
+        now = anyio.current_time()
+        # A failure once the pause is over is the probe's (its outcome may be reported after
+        # probe_done, as a 5xx is): the circuit opens again.
+        probe = was_probing or (self._tripped() and now >= self._open_until)
+        if probe or (not self._tripped() and over):
+            self._probe_failed = self._probe_failed or probe
+            self._open_until = now + self.reset
             return True
         return False
 

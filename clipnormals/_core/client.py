@@ -25,6 +25,7 @@ import anyio
 import httpx
 
 from .._errors import (
+    CircuitOpenError,
     ClipnormalsError,
     InvalidImageError,
     UnexpectedResponseError,
@@ -460,7 +461,11 @@ class AsyncClient:
         session.check_open()
         self._stop.check()
         session.ledger.check()  # credits gone for good: fail before any Pillow work
-        session.circuit.check()  # the server cannot be reached: likewise
+        try:
+            session.circuit.check()  # the server cannot be reached: likewise
+        except CircuitOpenError as exc:
+            if exc.retry_in is None or not self.retry.retry_connection_errors:
+                raise  # final; otherwise the image waits for the probe in its retries
         prepared = await self._prepared(endpoint, image, name)
         if permit is not None:
             await permit.acquire()  # no further ahead of the consumer than max_concurrency

@@ -114,7 +114,8 @@ class RetryPolicy:
         if isinstance(exc, ServerError):
             return self.retry_server_errors
         if isinstance(exc, CircuitOpenError):
-            return False
+            # Waiting for the probe of a server that answered before (see CircuitOpenError).
+            return self.retry_connection_errors and exc.retry_in is not None
         if isinstance(exc, APIConnectionError):
             return self.retry_connection_errors
         return False
@@ -163,6 +164,8 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, RateLimitError):
                 return 0.0  # the limiter's shared cooldown is the wait
+            if isinstance(exc, CircuitOpenError) and exc.retry_in is not None:
+                return exc.retry_in  # until the probe may tell; not an attempt of its own
             errors += 1
             if isinstance(exc, APIStatusError) and exc.retry_after is not None:
                 return min(exc.retry_after, policy.max_retry_after)
