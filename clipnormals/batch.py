@@ -35,6 +35,7 @@ from ._batch.manifest import (
     Geometry,
     ManifestLockedError,
     ManifestRecord,
+    ManifestWriteError,
     RecordStatus,
     read_manifest,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Hashed",
     "ManifestLockedError",
     "ManifestRecord",
+    "ManifestWriteError",
     "NullReporter",
     "OutputFolderError",
     "Phase",

@@ -2,13 +2,15 @@
 
 A run that cannot write its outputs would pay for answers it then loses, so it proves the
 folder writable (by creating and removing a file in it, which is the only test that holds for
-root, read-only mounts and file systems such as ``/proc`` alike) before it sends anything. The
+root, read-only mounts and file systems such as ``/proc`` alike, and, as the file gets
+:data:`_PROBE_BYTES` written into it, for a full disk) before it sends anything. The
 dry run makes the same check without leaving anything behind: when the folder does not exist
 yet, it checks that its nearest existing parent could hold it.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,10 +22,17 @@ from .manifest import ManifestState, ManifestWriter
 __all__ = ["check_output_folder", "tidy_output_folder"]
 
 
+#: What the probe writes: room for a small output. A disk with less free has no room for the
+#: first answer, which would be paid for and lost.
+_PROBE_BYTES = 64 * 1024
+
+
 def _probe(folder: Path, shown: Path) -> None:
     try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".clipnormals-probe-"):
-            pass
+        with tempfile.TemporaryFile(dir=folder, prefix=".clipnormals-probe-") as f:
+            f.write(bytes(_PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
         raise OutputFolderError(f"cannot write in {shown}: {exc.strerror or exc}") from None
 

@@ -17,6 +17,11 @@ nothing to do leaves the file as it was. When superseded or torn lines are prese
 compacts the file to the latest record per source at the start of a run.
 
 A lock file next to the manifest keeps two runs from writing the same manifest at once.
+
+When an append fails (a full disk, a file made read-only), the file is cut back to its length
+before the append, so it still holds whole records only, and :class:`ManifestWriteError` is
+raised. The outputs those records named stay in the output folder, where the next run adopts
+them.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "ManifestLockedError",
     "ManifestRecord",
     "ManifestState",
+    "ManifestWriteError",
     "ManifestWriter",
     "RecordStatus",
     "read_manifest",
@@ -69,6 +75,16 @@ COMPLETE = frozenset({RecordStatus.DONE, RecordStatus.SKIPPED})
 
 class ManifestLockedError(ClipnormalsError):
     """Another run is writing this manifest."""
+
+
+class ManifestWriteError(ClipnormalsError, OSError):
+    """The manifest cannot be written: a full disk (``ENOSPC``), a read-only file or file
+    system. The file holds the records appended before, whole; an ``OSError`` too."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot write the manifest {path}: {error.strerror or error}")
+        self.errno = error.errno
+        self.strerror = error.strerror
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +368,17 @@ class ManifestWriter:
         self._lock_file = lock_file
 
     def compact(self, state: ManifestState) -> None:
-        """Rewrite the file atomically with only the latest record per source."""
+        """Rewrite the file atomically with only the latest record per source.
+
+        Raises:
+            ManifestWriteError: the new file cannot be written; the old one is left as it was.
+        """
         self._close_file()
         data = "".join(r.to_json() + "\n" for r in state.records.values())
-        atomic_write_bytes(self.path, data.encode("utf-8"))
+        try:
+            atomic_write_bytes(self.path, data.encode("utf-8"))
+        except OSError as exc:
+            raise ManifestWriteError(self.path, exc) from exc
 
     def commit(
         self,
@@ -380,8 +403,9 @@ class ManifestWriter:
         one flush serves several.
 
         Raises:
-            OSError: the group's commit failed (every caller in the group gets it); the records
-                may or may not be in the file.
+            ManifestWriteError: the group's records could not be appended (every caller in the
+                group gets it); none of them is in the file.
+            OSError: a folder could not be flushed; the records were not appended.
         """
         ticket = _Ticket(records, tuple(folders))
         with self._arrived:
@@ -413,25 +437,48 @@ class ManifestWriter:
         if ticket.error is not None:
             error = ticket.error
             # The thread that ran the commit raises the original; a new one keeps tracebacks apart.
+            if isinstance(error, ManifestWriteError):
+                raise ManifestWriteError(self.path, error) from error
             raise OSError(f"committing {self.path} failed: {error}") from error
 
     def append(self, records: Iterable[ManifestRecord]) -> None:
-        """Append records as whole lines and flush them to the disk."""
+        """Append records as whole lines and flush them to the disk.
+
+        Raises:
+            ManifestWriteError: they could not be written; the file is cut back to its length
+                before the append (whole records only).
+        """
         data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
         if not data:
             return
-        f = self._open()
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            f = self._open()
+        except OSError as exc:
+            self._close_file()
+            raise ManifestWriteError(self.path, exc) from exc
+        start = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is finished here, a failed one raises
+                written = f.write(view)
+                view = view[written or 0 :]
+            os.fsync(f.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fileno(), start)  # freeing blocks: allowed on a full disk
+            raise ManifestWriteError(self.path, exc) from exc
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
             created = not self.path.exists()
-            self._file = self.path.open("ab")
-            self._cut_torn_tail(self._file)
-            if created:
-                fsync_dir(self.path.parent)
+            self._file = self.path.open("ab", buffering=0)
+            try:
+                self._cut_torn_tail(self._file)
+                if created:
+                    fsync_dir(self.path.parent)
+            except OSError:
+                self._close_file()
+                raise
         return self._file
 
     def _cut_torn_tail(self, f: IO[bytes]) -> None:
@@ -460,7 +507,8 @@ class ManifestWriter:
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # unbuffered: nothing is left to write
+                self._file.close()
             self._file = None
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from .._errors import (
     PermissionDeniedError,
 )
 from .errors import BatchInputError, OutputFolderError, SendingStoppedError
-from .manifest import ManifestLockedError, RecordStatus
+from .manifest import ManifestLockedError, ManifestWriteError, RecordStatus
 
 __all__ = [
     "RULES",
@@ -366,6 +366,7 @@ RUN_ERRORS: tuple[tuple[type[ClipnormalsError], ExitCode], ...] = (
     (BatchInputError, ExitCode.USAGE),
     (ManifestLockedError, ExitCode.USAGE),
     (OutputFolderError, ExitCode.CANTCREAT),
+    (ManifestWriteError, ExitCode.CANTCREAT),
 )
 
 

@@ -65,7 +65,7 @@ from .events import (
 )
 from .folder import check_output_folder, tidy_output_folder
 from .jobs import Job, JobState
-from .manifest import Geometry, ManifestRecord, ManifestWriter, RecordStatus
+from .manifest import Geometry, ManifestRecord, ManifestWriteError, ManifestWriter, RecordStatus
 from .outcomes import STOPS, RunContext, StopReason, classify
 from .plan import BatchPlan, make_plan
 from .progress import BatchProgress, BatchSummary, PaceMeter, progress_fields
@@ -112,6 +112,8 @@ async def run_batch(
         BatchInputError: an input given directly cannot be used; nothing was sent.
         OutputFolderError: the output folder cannot be written; nothing was sent.
         ManifestLockedError: another run is writing the same manifest; nothing was sent.
+        ManifestWriteError: the manifest could not be written before the first request (a
+            full disk); nothing was sent.
 
     Example:
         >>> async def main() -> None:
@@ -312,10 +314,16 @@ class _Runner:
             changed = [r for r in records if self._changes(r)]
             folders = tuple(folders)
             if changed or folders:
-                await anyio.to_thread.run_sync(
-                    partial(self.writer.commit, changed, folders=folders),
-                    limiter=self.write_threads,
-                )
+                try:
+                    await anyio.to_thread.run_sync(
+                        partial(self.writer.commit, changed, folders=folders),
+                        limiter=self.write_threads,
+                    )
+                except OSError as exc:
+                    # A full disk, say: stop sending. The outputs stay, and the next run
+                    # adopts them; the manifest keeps whole records only.
+                    detail = exc.message if isinstance(exc, ManifestWriteError) else str(exc)
+                    self.request_stop(StopReason.CANNOT_WRITE, detail)
             self._count(_Entry(records, job, copies))
 
     def _count(self, entry: _Entry) -> None:

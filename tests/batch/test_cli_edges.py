@@ -8,6 +8,11 @@ disk afterwards.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +75,70 @@ def test_names_with_controls_and_bidi_overrides_are_drawn_escaped(
     with Image.open(out / f"{long}.preview.jpg") as im:
         margin = _label_band(im)[:, -6:]
     assert margin.min() > 235
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 300 KiB tmpfs: a disk that fills up during a run."""
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    made = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {made.stderr.decode(errors='replace').strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def _outputs_on_disk(out: Path) -> set[str]:
+    return {p.name for p in out.glob("*.normals.jpg")}
+
+
+def test_a_full_disk_stops_with_exit_73_and_loses_no_record(
+    tmp_path: Path, tiny_disk: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(40):
+        (root / f"img{i:03d}.png").write_bytes(noise_image(100 + i, size=(64, 64)))
+    out = tiny_disk / "out"
+    args = batch([str(root)], out, server.url, "--npz")
+    first = run(args, tmp_path)
+    text = first.stdout + first.stderr
+    assert first.returncode == 73, text
+    assert "internal error" not in text
+    assert re.search(r"^stopping: cannot write .*No space left on device", text, re.M), text
+    # The manifest holds whole records only, each naming an output that is there.
+    lines = (out / "manifest.jsonl").read_bytes().splitlines()
+    assert lines
+    for line in lines:
+        record = json.loads(line)
+        if record["status"] == "done":
+            assert (out / record["output"]).is_file()
+    charged = server.emulator.stats.credits_charged
+    kept = _outputs_on_disk(out)
+    assert 0 < len(kept) < 40
+
+    # Still full: refused before any request, one line, the documented code.
+    second = run(args, tmp_path)
+    assert second.returncode == 73, second.stdout + second.stderr
+    assert re.fullmatch(r"error: cannot write in .*: No space left on device\n", second.stderr)
+    assert server.emulator.stats.credits_charged == charged
+
+    # Room made: the rest is sent, and nothing written before is paid for again.
+    subprocess.run(["mount", "-o", "remount,size=20m", str(tiny_disk)], check=True)
+    third = run(args, tmp_path)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert len(_outputs_on_disk(out)) == 40
+    assert server.emulator.stats.credits_charged == charged + 40 - len(kept)
