@@ -19,7 +19,12 @@ Example:
 from ._batch.config import BatchConfig
 from ._batch.control import BatchControl
 from ._batch.dryrun import DryRunReport, dry_run
-from ._batch.errors import BatchInputError, OutputFolderError, SendingStoppedError
+from ._batch.errors import (
+    BatchInputError,
+    ManifestPathError,
+    OutputFolderError,
+    SendingStoppedError,
+)
 from ._batch.events import (
     Aborting,
     Adopted,
@@ -57,6 +62,7 @@ __all__ = [
     "Geometry",
     "Hashed",
     "ManifestLockedError",
+    "ManifestPathError",
     "ManifestRecord",
     "ManifestWriteError",
     "NullReporter",

@@ -142,3 +142,61 @@ def test_a_full_disk_stops_with_exit_73_and_loses_no_record(
     assert third.returncode == 0, third.stdout + third.stderr
     assert len(_outputs_on_disk(out)) == 40
     assert server.emulator.stats.credits_charged == charged + 40 - len(kept)
+
+
+# -- the manifest option --------------------------------------------------------------------------
+
+
+def test_a_manifest_that_cannot_be_written_is_refused_before_any_upload(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(5):
+        (root / f"img{i}.png").write_bytes(noise_image(200 + i))
+    out = tmp_path / "out"
+    first = run(batch([str(root)], out, server.url, "--max-credits", "2"), tmp_path, as_user=True)
+    assert first.returncode == 3, first.stdout + first.stderr
+    charged = server.emulator.stats.credits_charged
+    manifest = out / "manifest.jsonl"
+    before = manifest.read_bytes()
+    manifest.chmod(0o444)
+    second = run(batch([str(root)], out, server.url), tmp_path, as_user=True)
+    assert second.returncode == 73, second.stdout + second.stderr
+    assert second.stderr == f"error: cannot write the manifest {manifest}: Permission denied\n"
+    assert server.emulator.stats.credits_charged == charged
+    assert manifest.read_bytes() == before
+
+
+def test_a_manifest_option_naming_something_else_is_refused_and_left_alone(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        (root / f"img{i}.png").write_bytes(noise_image(300 + i))
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    notes = tmp_path / "notes.md"
+    notes.write_text("# My notes\nimportant line 1\n")
+    image = root / "img0.png"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image}\n")
+    cases = {
+        folder: [str(root)],
+        notes: [str(root)],
+        image: [str(root)],
+        listing: [str(listing)],  # the list of inputs named as the manifest
+    }
+    for n, (manifest, inputs) in enumerate(cases.items()):
+        kept = None if manifest.is_dir() else manifest.read_bytes()
+        out = tmp_path / f"out{n}"
+        done = run(batch(inputs, out, server.url, "--manifest", str(manifest)), tmp_path)
+        assert done.returncode == 2, (manifest, done.stdout + done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert str(manifest) in done.stderr
+        if kept is not None:
+            assert manifest.read_bytes() == kept
+        assert not out.exists()
+    assert list(folder.iterdir()) == []
+    assert server.emulator.stats.credits_charged == 0
