@@ -23,7 +23,7 @@ from .config import BatchConfig
 from .errors import ManifestPathError, OutputFolderError
 from .manifest import ManifestRecord, ManifestState, ManifestWriter
 
-__all__ = ["check_output_folder", "tidy_output_folder"]
+__all__ = ["check_output_file", "check_output_folder", "tidy_output_folder"]
 
 
 #: What the probe writes: room for a small output. A disk with less free has no room for the
@@ -129,6 +129,18 @@ def _is_manifest(head: bytes) -> bool:
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         return False
     return True
+
+
+def check_output_file(path: Path) -> None:
+    """Prove that a file can be written at ``path`` without creating anything. Blocking.
+
+    Raises:
+        OutputFolderError: ``path`` is a folder, or its folder (or the nearest existing parent
+            of it) is a file, is read-only, or has no room.
+    """
+    if path.is_dir():
+        raise OutputFolderError(f"{path} is a folder: name a file to write")
+    _check_folder(path.absolute().parent, create=False)
 
 
 def tidy_output_folder(config: BatchConfig, writer: ManifestWriter, state: ManifestState) -> None:

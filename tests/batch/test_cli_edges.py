@@ -25,6 +25,7 @@ from clipnormals._normals import sheets
 from clipnormals.emulator import RunningServer
 
 from .corpus import noise_image
+from .test_cli_e2e import command
 from .test_cli_trouble import batch, emulator, run
 
 pytestmark = pytest.mark.loopback
@@ -200,3 +201,37 @@ def test_a_manifest_option_naming_something_else_is_refused_and_left_alone(
         assert not out.exists()
     assert list(folder.iterdir()) == []
     assert server.emulator.stats.credits_charged == 0
+
+
+# -- where `normals` writes -----------------------------------------------------------------------
+
+
+def test_normals_refuses_an_output_it_cannot_or_must_not_write_before_the_upload(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    image = tmp_path / "face.png"
+    image.write_bytes(noise_image(400, size=(64, 64)))
+    original = image.read_bytes()
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    cases = [
+        (["-o", str(folder)], 2, False),
+        (["-o", "/proc/x.jpg"], 73, False),
+        (["-o", str(locked / "x.jpg")], 73, True),
+        (["-o", str(image)], 2, False),
+        (["-o", str(tmp_path / "res.npz"), "--npz"], 2, False),
+    ]
+    for extra, code, as_user in cases:
+        args = command("normals", str(image), "--base-url", server.url, *extra)
+        done = run(args, tmp_path, as_user=as_user)
+        assert done.returncode == code, (extra, done.stdout + done.stderr)
+        assert done.stderr.startswith("error: "), done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert server.emulator.stats.credits_charged == 0
+    assert image.read_bytes() == original
+    assert list(folder.iterdir()) == []
+    assert list(locked.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "face.png", "locked"]
