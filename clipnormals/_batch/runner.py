@@ -263,7 +263,13 @@ class _Runner:
             and self.stopped is not StopReason.INTERRUPTED
         ):
             drawn, unchanged = await anyio.to_thread.run_sync(
-                write_contact_sheets, self.config, self.sheet_entries, limiter=self.threads
+                partial(
+                    write_contact_sheets,
+                    self.config,
+                    self.sheet_entries,
+                    stop=lambda: self.control.stop_requested,  # Ctrl-C while drawing
+                ),
+                limiter=self.threads,
             )
             self.reporter.phase(SheetsWritten(drawn, unchanged))
 

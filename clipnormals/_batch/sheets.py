@@ -6,6 +6,9 @@ what it shows: the names, the outputs' hashes, the sources' hashes and the optio
 the drawing. A rerun that would draw the same sheet finds the same fingerprint and leaves the
 file alone, so a resume with nothing to do redraws nothing. Sheets left from an earlier, longer
 run are removed.
+
+Drawing stops between two sheets when the run is interrupted: every sheet is written whole
+(atomically) or not at all, and the sheets not yet drawn are drawn by the next run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +78,23 @@ def _drawn_fingerprint(path: Path) -> bytes | None:
 
 
 def write_contact_sheets(
-    config: BatchConfig, finished: Sequence[SheetEntry], *, rows: int = _SHEET_ROWS
+    config: BatchConfig,
+    finished: Sequence[SheetEntry],
+    *,
+    rows: int = _SHEET_ROWS,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[int, int]:
-    """Draw the sheets whose content changed; return ``(drawn, unchanged)``. Blocking."""
+    """Draw the sheets whose content changed; return ``(drawn, unchanged)``. Blocking.
+
+    ``stop`` is asked before each sheet: when it says true, drawing ends there (and no stale
+    sheet is removed)."""
     folder = config.output_dir / SHEETS_DIR
     ordered = sorted(set(finished))
     drawn = unchanged = 0
     keep: set[str] = set()
     for number, start in enumerate(range(0, len(ordered), rows), start=1):
+        if stop is not None and stop():
+            return drawn, unchanged
         chunk = ordered[start : start + rows]
         path = folder / f"sheet-{number:03d}.jpg"
         keep.add(path.name)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from clipnormals.emulator import RunningServer
 
 from .corpus import noise_image
 from .test_cli_e2e import command
-from .test_cli_trouble import batch, emulator, run
+from .test_cli_trouble import DEADLINE, batch, emulator, run, start, wait_until
 
 pytestmark = pytest.mark.loopback
 
@@ -235,3 +236,31 @@ def test_normals_refuses_an_output_it_cannot_or_must_not_write_before_the_upload
     assert list(folder.iterdir()) == []
     assert list(locked.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "face.png", "locked"]
+
+
+# -- Ctrl-C while the contact sheets are drawn ----------------------------------------------------
+
+
+def test_ctrl_c_while_sheets_are_drawn_stops_with_130_and_no_partial_sheet(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    count = 200  # 25 sheets of 8
+    for i in range(count):
+        (root / f"img{i:04d}.png").write_bytes(noise_image(500 + i, size=(48, 48)))
+    out = tmp_path / "out"
+    with emulator(rate=(1000, 1.0)) as server:
+        first = run(batch([str(root)], out, server.url, rate="1000/1"), tmp_path)
+        assert first.returncode == 0, first.stdout + first.stderr
+        proc = start(batch([str(root)], out, server.url, "--contact-sheets"), tmp_path)
+        sheets_dir = out / "contact-sheets"
+        wait_until(lambda: any(sheets_dir.glob("sheet-*.jpg")), proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    drawn = sorted(sheets_dir.iterdir())
+    assert all(p.name.startswith("sheet-") and p.suffix == ".jpg" for p in drawn), drawn
+    assert 0 < len(drawn) < count // 8
+    for sheet in drawn:
+        with Image.open(sheet) as im:
+            im.load()  # whole, not truncated
