@@ -252,9 +252,9 @@ def _credit_stop(_error: ClipnormalsError, context: RunContext) -> StopReason:
     if ledger is None:
         return StopReason.CREDITS
     policy = ledger.policy
-    if policy.budget is not None and ledger.consumed + ledger.reserved + ledger.unit > (
-        policy.budget
-    ):
+    # The ledger's own rule: unanswered attempts count against the budget for good.
+    spent = ledger.consumed + ledger.uncertain + ledger.reserved
+    if policy.budget is not None and spent + ledger.unit > policy.budget:
         return StopReason.BUDGET
     if policy.reserve > 0:
         return StopReason.RESERVE

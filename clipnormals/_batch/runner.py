@@ -186,6 +186,7 @@ class _Runner:
         self.aborted = False
         self.stats_before = client.stats
         self.consumed_before = client.credits.consumed
+        self.uncertain_before = client.credits.uncertain
         self.started = 0.0
         self.prepare_scope = anyio.CancelScope()
         self.run_scope = anyio.CancelScope()
@@ -711,6 +712,7 @@ class _Runner:
             retries=stats.retries - before.retries,
             rate_limited=stats.rate_limited - before.rate_limited,
             credits_consumed=ledger.consumed - self.consumed_before,
+            credits_uncertain=ledger.uncertain - self.uncertain_before,
             credits_remaining=ledger.remaining,
             pace=self.pace.pace,
             elapsed=anyio.current_time() - self.started,

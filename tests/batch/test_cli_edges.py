@@ -264,3 +264,23 @@ def test_ctrl_c_while_sheets_are_drawn_stops_with_130_and_no_partial_sheet(tmp_p
     for sheet in drawn:
         with Image.open(sheet) as im:
             im.load()  # whole, not truncated
+
+
+# -- answers charged, then timed out --------------------------------------------------------------
+
+
+def test_timed_out_attempts_are_reported_as_possibly_charged(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        (root / f"img{i}.png").write_bytes(noise_image(600 + i))
+    with emulator(latency=2.0) as server:
+        args = batch([str(root)], tmp_path / "out", server.url, "--timeout", "0.5")
+        done = run([*args, "--max-credits", "3"], tmp_path)
+        wait_until(lambda: server.emulator.stats.credits_charged == 3)
+    text = done.stdout
+    assert done.returncode == 3, text + done.stderr
+    assert re.search(r"^credits +0 +consumed, up to 3 more may have been charged", text, re.M), text
+    assert re.search(
+        r"^not sent +\d+ +\(the credit budget \(--max-credits\) was reached\)", text, re.M
+    ), text
