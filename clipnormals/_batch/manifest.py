@@ -16,7 +16,9 @@ rejected, not sent, or adopted); an image found done is not recorded again, so a
 nothing to do leaves the file as it was. When superseded or torn lines are present, the writer
 compacts the file to the latest record per source at the start of a run.
 
-A lock file next to the manifest keeps two runs from writing the same manifest at once.
+A lock file next to the manifest keeps two runs from writing the same manifest at once. A run
+whose manifest is elsewhere (``--manifest``) also takes the lock of its output folder's own
+manifest, so that two runs never write into one output folder at once, whatever their manifests.
 
 When an append fails (a full disk, a file made read-only), the file is cut back to its length
 before the append, so it still holds whole records only, and :class:`ManifestWriteError` is
@@ -41,6 +43,7 @@ from typing import IO, Any
 from .._atomic import atomic_write_bytes, fsync_dir
 from .._errors import ClipnormalsError
 from .._images.prepare import PreparedImage
+from .config import MANIFEST_NAME
 
 try:
     import fcntl
@@ -337,9 +340,11 @@ class ManifestWriter:
         <RecordStatus.INVALID: 'invalid'>
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, output_dir: Path | None = None) -> None:
+        """``output_dir``: the folder the records' outputs are in, locked too (see above)."""
         self.path = path
-        self._lock_file: IO[bytes] | None = None
+        self.output_dir = output_dir
+        self._lock_files: list[IO[bytes]] = []
         self._file: IO[bytes] | None = None
         self._queue: list[_Ticket] = []
         self._queue_lock = threading.Lock()
@@ -356,16 +361,36 @@ class ManifestWriter:
         self.close()
 
     def _lock(self) -> None:
-        lock_file = self.path.with_name(f".{self.path.name}.lock").open("ab")
+        self._lock_one(self.path, f"another run is using {self.path} (its lock file is held)")
+        if self.output_dir is None:
+            return
+        default = self.output_dir / MANIFEST_NAME
+        if default.absolute() != self.path.absolute():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock_one(
+                    default,
+                    f"another run is writing into {self.output_dir} (its lock file is held)",
+                )
+            except BaseException:
+                self._unlock()
+                raise
+
+    def _lock_one(self, manifest: Path, held: str) -> None:
+        lock_file = manifest.with_name(f".{manifest.name}.lock").open("ab")
         if fcntl is not None:
             try:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock_file.close()
-                raise ManifestLockedError(
-                    f"another run is using {self.path} (its lock file is held)"
-                ) from None
-        self._lock_file = lock_file
+                raise ManifestLockedError(held) from None
+        self._lock_files.append(lock_file)
+
+    def _unlock(self) -> None:
+        for lock_file in self._lock_files:
+            with contextlib.suppress(OSError):
+                lock_file.close()
+        self._lock_files = []
 
     def compact(self, state: ManifestState) -> None:
         """Rewrite the file atomically with only the latest record per source.
@@ -514,7 +539,4 @@ class ManifestWriter:
     def close(self) -> None:
         """Close the manifest and release the lock."""
         self._close_file()
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                self._lock_file.close()
-            self._lock_file = None
+        self._unlock()

@@ -169,7 +169,7 @@ class _Runner:
         self.known_folders: set[Path] = set()  # folders known to exist (ensure_folder's cache)
         self.writing = 0  # worker threads writing an upload's outputs, not yet committing
         self.writing_lock = threading.Lock()
-        self.writer = ManifestWriter(config.manifest_path)
+        self.writer = ManifestWriter(config.manifest_path, output_dir=config.output_dir)
         self.progress = BatchProgress(rate_limit=client.rate_limit)
         self.failures: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()

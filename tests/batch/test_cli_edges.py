@@ -26,7 +26,7 @@ from clipnormals._normals import sheets
 from clipnormals.emulator import RunningServer
 
 from .corpus import noise_image
-from .test_cli_e2e import command
+from .test_cli_e2e import Door, command, start_emulator
 from .test_cli_trouble import DEADLINE, batch, emulator, run, start, wait_until
 
 pytestmark = pytest.mark.loopback
@@ -284,3 +284,35 @@ def test_timed_out_attempts_are_reported_as_possibly_charged(tmp_path: Path) -> 
     assert re.search(
         r"^not sent +\d+ +\(the credit budget \(--max-credits\) was reached\)", text, re.M
     ), text
+
+
+# -- one run per output folder --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_manifest", [None, "mine.jsonl"])
+def test_two_runs_into_one_output_folder_never_both_run_whatever_their_manifests(
+    tmp_path: Path, first_manifest: str | None
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(6):
+        (root / f"img{i}.png").write_bytes(noise_image(700 + i))
+    out = tmp_path / "out"
+    first_extra = [] if first_manifest is None else ["--manifest", str(tmp_path / first_manifest)]
+    second_manifest = tmp_path / "other.jsonl"
+    with start_emulator(credits=1000) as server:
+        door = server.emulator
+        assert isinstance(door, Door)
+        door.admit(0)  # the first run's uploads wait at the door: it holds its locks meanwhile
+        first = start(batch([str(root)], out, server.url, *first_extra), tmp_path)
+        wait_until(lambda: door.held > 0, first)
+        second = run(
+            batch([str(root)], out, server.url, "--manifest", str(second_manifest)), tmp_path
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert re.fullmatch(r"error: another run is (writing into|using) .*\n", second.stderr)
+        assert not second_manifest.exists()
+        door.open()
+        stdout, stderr = first.communicate(timeout=DEADLINE)
+        assert first.returncode == 0, stdout + stderr
+        assert server.emulator.stats.credits_charged == 6  # each image bought once
