@@ -316,3 +316,24 @@ def test_two_runs_into_one_output_folder_never_both_run_whatever_their_manifests
         stdout, stderr = first.communicate(timeout=DEADLINE)
         assert first.returncode == 0, stdout + stderr
         assert server.emulator.stats.credits_charged == 6  # each image bought once
+
+
+# -- the small things -----------------------------------------------------------------------------
+
+
+def test_a_path_list_with_a_byte_order_mark_and_crlf_is_read(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"img{i}.png").write_bytes(noise_image(800 + i))
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbfin/img0.png\r\nin/img1.png\r\n")
+    out = tmp_path / "out"
+    done = run(batch([str(listing)], out, server.url), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.rglob("*.normals.jpg")) == [
+        "img0.png.normals.jpg",
+        "img1.png.normals.jpg",
+    ]
