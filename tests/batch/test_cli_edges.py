@@ -337,3 +337,20 @@ def test_a_path_list_with_a_byte_order_mark_and_crlf_is_read(
         "img0.png.normals.jpg",
         "img1.png.normals.jpg",
     ]
+
+
+def test_a_short_refused_key_is_not_scrubbed_out_of_other_words(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "img0.png").write_bytes(noise_image(900))
+    out = tmp_path / "out"
+    done = run(
+        batch([str(root)], out, server.url, "-v"), tmp_path, extra_env={"CLIPDROP_API_KEY": "i"}
+    )
+    assert done.returncode == 4, done.stdout + done.stderr
+    record = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    for text in (done.stdout, record["error"]):
+        assert "***" not in text, text
+        assert "Forbidden" in text, text
