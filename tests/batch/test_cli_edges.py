@@ -26,7 +26,7 @@ from clipnormals._normals import sheets
 from clipnormals.emulator import RunningServer
 
 from .corpus import noise_image
-from .test_cli_e2e import Door, command, start_emulator
+from .test_cli_e2e import Door, command, env, start_emulator
 from .test_cli_trouble import DEADLINE, batch, emulator, run, start, wait_until
 
 pytestmark = pytest.mark.loopback
@@ -354,3 +354,20 @@ def test_a_short_refused_key_is_not_scrubbed_out_of_other_words(
     for text in (done.stdout, record["error"]):
         assert "***" not in text, text
         assert "Forbidden" in text, text
+
+
+def test_normals_help_lists_its_own_exit_codes(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        command("normals", "--help"),
+        cwd=tmp_path,
+        env={**env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=True,
+    ).stdout
+    codes = " ".join(shown[shown.index("Exit codes:") :].split())  # as one line, unwrapped
+    assert "0 the normal map was written" in codes
+    assert "73 the output cannot be written" in codes
+    for batch_only in ("manifest", "not_sent", "every image", "--max-credits"):
+        assert batch_only not in codes, batch_only
