@@ -27,10 +27,10 @@ from .._errors import ClipnormalsError
 from .._normals.normalmap import NormalMap
 from .._normals.sheets import contact_sheet
 from .config import BatchConfig
-from .jobs import SHEETS_DIR
+from .jobs import SHEETS_DIR, Member
 from .writing import jpeg_bytes
 
-__all__ = ["SheetEntry", "write_contact_sheets"]
+__all__ = ["SheetEntry", "sheet_row_bytes", "write_contact_sheets"]
 
 _SHEET_ROWS = 8
 _SHEET_TILE = 256
@@ -57,6 +57,13 @@ class SheetEntry:
     def name(self) -> str:
         """The label drawn on the sheet."""
         return self.output.removesuffix(".normals.jpg")
+
+
+def sheet_row_bytes(nm: NormalMap, member: Member) -> bytes:
+    """One image's row of a contact sheet, drawn and encoded as a sheet's are (what a sheet
+    costs per image, for estimates)."""
+    sheet = contact_sheet([(member.file.path, nm)], names=[member.key], tile=_SHEET_TILE)
+    return jpeg_bytes(sheet)
 
 
 def _fingerprint(config: BatchConfig, entries: Sequence[SheetEntry]) -> bytes:

@@ -371,3 +371,27 @@ def test_normals_help_lists_its_own_exit_codes(tmp_path: Path) -> None:
     assert "73 the output cannot be written" in codes
     for batch_only in ("manifest", "not_sent", "every image", "--max-credits"):
         assert batch_only not in codes, batch_only
+
+
+def _estimate(text: str) -> int:
+    match = re.search(r"^time: +(?:about|at least) (?:(\d+)m)?(\d+)s", text, re.M)
+    assert match is not None, text
+    return int(match.group(1) or 0) * 60 + int(match.group(2))
+
+
+def test_the_dry_run_estimate_counts_previews_npz_and_contact_sheets(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(60):
+        picture = Image.new("RGB", (640, 640), (i * 4, 120, 200 - i * 3))
+        picture.save(root / f"img{i:03d}.jpg", quality=85)
+    out = tmp_path / "out"
+    # The default quota (60/min) sets the plain estimate: the same however busy the machine.
+    plain = run(batch([str(root)], out, server.url, "--dry-run", rate="60/60"), tmp_path)
+    drawn = ["--dry-run", "--preview", "--npz", "--contact-sheets"]
+    extras = run(batch([str(root)], out, server.url, *drawn, rate="60/60"), tmp_path)
+    assert plain.returncode == extras.returncode == 0, plain.stdout + extras.stdout
+    assert _estimate(extras.stdout) > _estimate(plain.stdout), (plain.stdout, extras.stdout)
+    assert server.emulator.stats.credits_charged == 0
