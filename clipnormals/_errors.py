@@ -29,7 +29,8 @@ the request, and the request holds the API key in its headers.
 
 No message, repr or attribute of these ever holds the API key: response headers are kept only
 after the key header is dropped, and messages are built from the server's words, which are
-scrubbed of the key too.
+scrubbed of the key too (a key shorter than 8 characters only where it stands alone, so that
+a one-letter key does not garble every word holding that letter).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -376,17 +378,31 @@ def _secret_forms(secret: str) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
+#: A key shorter than this is replaced only where it stands alone (not inside a longer word or
+#: path: a one-letter key must not turn "/work/" into "/wor***/"). A longer one is replaced
+#: wherever it appears, even inside a longer token.
+_SHORT_SECRET = 8
+_ALONE = r"(?<![0-9A-Za-z]){}(?![0-9A-Za-z])"
+
+
 def scrub(text: str, secret: str | None) -> str:
     """``text`` with every form of ``secret`` replaced by ``***``.
+
+    A secret shorter than 8 characters is replaced only where no letter or digit touches it.
 
     Example:
         >>> scrub('{"echo": "sk-1/2"}', "sk-1/2")
         '{"echo": "***"}'
+        >>> scrub("403 Forbidden: Invalid key i (from /work/i)", "i")
+        '403 Forbidden: Invalid key *** (from /work/***)'
     """
     if not secret:
         return text
     for form in _secret_forms(secret):
-        text = text.replace(form, "***")
+        if len(form) >= _SHORT_SECRET:
+            text = text.replace(form, "***")
+        else:
+            text = re.sub(_ALONE.format(re.escape(form)), "***", text)
     return text
 
 
@@ -395,7 +411,11 @@ def scrub_bytes(data: bytes, secret: str | None) -> bytes:
     if not secret:
         return data
     for form in _secret_forms(secret):
-        data = data.replace(form.encode(), b"***")
+        if len(form) >= _SHORT_SECRET:
+            data = data.replace(form.encode(), b"***")
+        else:
+            pattern = _ALONE.format(re.escape(form)).encode()
+            data = re.sub(pattern, b"***", data)
     return data
 
 

@@ -19,7 +19,12 @@ Example:
 from ._batch.config import BatchConfig
 from ._batch.control import BatchControl
 from ._batch.dryrun import DryRunReport, dry_run
-from ._batch.errors import BatchInputError, OutputFolderError, SendingStoppedError
+from ._batch.errors import (
+    BatchInputError,
+    ManifestPathError,
+    OutputFolderError,
+    SendingStoppedError,
+)
 from ._batch.events import (
     Aborting,
     Adopted,
@@ -35,6 +40,7 @@ from ._batch.manifest import (
     Geometry,
     ManifestLockedError,
     ManifestRecord,
+    ManifestWriteError,
     RecordStatus,
     read_manifest,
 )
@@ -56,7 +62,9 @@ __all__ = [
     "Geometry",
     "Hashed",
     "ManifestLockedError",
+    "ManifestPathError",
     "ManifestRecord",
+    "ManifestWriteError",
     "NullReporter",
     "OutputFolderError",
     "Phase",

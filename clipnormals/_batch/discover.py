@@ -1,6 +1,7 @@
 """Finding the images a batch should process.
 
-An input is a file, a folder (walked recursively), or a text file listing paths, one a line.
+An input is a file, a folder (walked recursively), or a text file listing paths, one a line
+(UTF-8, with or without a byte order mark, any line ends).
 Inside a folder, a regular file is taken when its first bytes are those of an image format that
 preparation accepts (``clipnormals._images.formats`` recognises them, HEIC and AVIF included),
 whatever its name; a file whose name says "image" but whose bytes do not is taken too, so that a
@@ -457,7 +458,8 @@ def _is_path_list(path: Path) -> bool:
 
 def _read_list(collector: _Collector, list_path: Path, *, base: Path) -> None:
     with open_regular(list_path) as f:
-        text = f.read().decode("utf-8", errors="replace")
+        # "utf-8-sig": a byte order mark (Notepad writes one) is not part of the first path.
+        text = f.read().decode("utf-8-sig", errors="replace")
     for line in text.splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):

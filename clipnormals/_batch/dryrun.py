@@ -10,13 +10,19 @@ run saw, and the exit code the run would end with.
 The time it gives is :func:`estimate_seconds`, the formula the live ETA uses: the quota's time,
 or the measured pace if that is slower. The pace is the slower of the preparation measured here
 and the pace earlier runs recorded (each upload's ``seconds`` in the manifest, over the client's
-concurrency). The credit balance cannot be asked of the API without spending a credit; the dry
-run reports the last balance a previous run saw, with its date.
+concurrency). With ``--npz``, ``--preview`` or ``--contact-sheets`` it also times those on one
+image it would upload (with a flat normal map of the upload's size in place of the answer): the
+``.npz`` and the preview share the run's threads with the preparation, and the contact sheets
+are drawn after the last upload, one row per image. The credit balance cannot be asked of the
+API without spending a credit; the dry run reports the last balance a previous run saw, with its
+date.
 """
 
 from __future__ import annotations
 
+import io
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,20 +30,25 @@ from functools import partial
 
 import anyio
 import anyio.to_thread
+from PIL import Image
 
 from .._core.client import AsyncClient
 from .._core.config import DEFAULT_BASE_URL
 from .._core.limiter import RateLimit
 from .._errors import InvalidImageError
+from .._images.prepare import PreparedImage
+from .._normals.normalmap import NormalMap
 from .config import BatchConfig
 from .discover import RegularFile
 from .folder import check_output_folder
-from .jobs import Job
+from .jobs import Job, Member
 from .manifest import ManifestState
 from .outcomes import ExitCode, StopReason, most_urgent
 from .plan import make_plan
 from .progress import estimate_seconds
 from .runner import require_async_client
+from .sheets import sheet_row_bytes
+from .writing import npz_bytes, preview_bytes
 
 __all__ = ["DryRunReport", "dry_run"]
 
@@ -168,6 +179,7 @@ async def _dry_run(
     changes: Counter[str] = Counter()
     valid = 0
     checked = 0
+    sample: tuple[Member, PreparedImage] | None = None  # an upload to time the extras on
     sends = plan.sends
     copies = sum(len(j.pending) for j in plan.jobs if not j.needs_send)
     for job in plan.jobs:
@@ -176,7 +188,7 @@ async def _dry_run(
             actions.extend((m.key, "copy") for m in job.pending)
 
     async def check(job: Job) -> None:
-        nonlocal valid, checked, copies
+        nonlocal valid, checked, copies, sample
         primary = job.primary
         source = RegularFile(primary.file.fspath)  # read in the thread that prepares it
         try:
@@ -193,6 +205,8 @@ async def _dry_run(
             actions.extend((m.key, "invalid") for m in job.pending)
         else:
             valid += 1
+            if sample is None:
+                sample = (primary, prepared)
             copies += len(job.pending) - 1
             changes.update(prepared.changes)
             actions.append((primary.key, "upload"))
@@ -217,7 +231,15 @@ async def _dry_run(
     policy = ledger.policy
     balance = plan.state.last_balance()
     sendable, stop = _credit_limits(valid, balance, budget=policy.budget, reserve=policy.reserve)
+    per_image = sheet_row = 0.0
+    if sample is not None and (config.any_extras or config.contact_sheets):
+        per_image, sheet_row = await anyio.to_thread.run_sync(_time_extras, config, *sample)
+    if prepare_pace is not None:
+        prepare_pace += per_image / config.threads
     pace = _slowest(prepare_pace, _history_pace(plan.state, client.max_concurrency))
+    seconds = estimate_seconds(sendable, rate_limit=client.rate_limit, pace=pace)
+    if seconds is not None:
+        seconds += sheet_row * (sendable + copies)
     return DryRunReport(
         total=plan.total,
         complete=plan.complete_count,
@@ -233,10 +255,30 @@ async def _dry_run(
         reserve=policy.reserve,
         sendable=sendable,
         stop=stop,
-        seconds=estimate_seconds(sendable, rate_limit=client.rate_limit, pace=pace),
+        seconds=seconds,
         seconds_measured=pace is not None,
         plan=tuple(sorted(actions)),
     )
+
+
+def _time_extras(
+    config: BatchConfig, member: Member, prepared: PreparedImage
+) -> tuple[float, float]:
+    """Seconds one image's ``.npz`` and preview take, and one contact-sheet row, on one thread:
+    timed on ``member`` with a flat normal map of its upload's size. Blocking."""
+    buf = io.BytesIO()
+    Image.new("RGB", prepared.size, (128, 128, 255)).save(buf, format="JPEG")
+    nm = NormalMap(buf.getvalue(), prepared=prepared)
+    started = time.perf_counter()
+    if config.npz:
+        npz_bytes(nm)
+    if config.previews:
+        preview_bytes(nm, member)
+    per_image = time.perf_counter() - started
+    started = time.perf_counter()
+    if config.contact_sheets:
+        sheet_row_bytes(nm, member)
+    return per_image, time.perf_counter() - started
 
 
 def _credit_limits(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from .._errors import ClipnormalsError, SendingStoppedError
 
-__all__ = ["BatchInputError", "OutputFolderError", "SendingStoppedError"]  # the last from _errors
+__all__ = [
+    "BatchInputError",
+    "ManifestPathError",
+    "OutputFolderError",
+    "SendingStoppedError",  # from _errors
+]
 
 
 class BatchInputError(ClipnormalsError):
@@ -13,7 +18,12 @@ class BatchInputError(ClipnormalsError):
     device), or cannot be read. Nothing was sent and nothing was written."""
 
 
+class ManifestPathError(BatchInputError):
+    """The manifest's path names something a run must not append to: a folder, a file that is
+    not a manifest, or one of the inputs. Nothing was sent and nothing was written."""
+
+
 class OutputFolderError(ClipnormalsError):
-    """The output folder (or the manifest's folder) cannot be written: it is a file, is
-    read-only, or sits on a file system that refuses writes. Checked before the first request,
-    so nothing was sent."""
+    """The output folder, the manifest's folder or the manifest cannot be written: it is a
+    file, is read-only, or sits on a file system that refuses writes or has no room. Checked
+    before the first request, so nothing was sent."""

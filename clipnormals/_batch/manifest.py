@@ -16,7 +16,14 @@ rejected, not sent, or adopted); an image found done is not recorded again, so a
 nothing to do leaves the file as it was. When superseded or torn lines are present, the writer
 compacts the file to the latest record per source at the start of a run.
 
-A lock file next to the manifest keeps two runs from writing the same manifest at once.
+A lock file next to the manifest keeps two runs from writing the same manifest at once. A run
+whose manifest is elsewhere (``--manifest``) also takes the lock of its output folder's own
+manifest, so that two runs never write into one output folder at once, whatever their manifests.
+
+When an append fails (a full disk, a file made read-only), the file is cut back to its length
+before the append, so it still holds whole records only, and :class:`ManifestWriteError` is
+raised. The outputs those records named stay in the output folder, where the next run adopts
+them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import IO, Any
 from .._atomic import atomic_write_bytes, fsync_dir
 from .._errors import ClipnormalsError
 from .._images.prepare import PreparedImage
+from .config import MANIFEST_NAME
 
 try:
     import fcntl
@@ -47,6 +55,7 @@ __all__ = [
     "ManifestLockedError",
     "ManifestRecord",
     "ManifestState",
+    "ManifestWriteError",
     "ManifestWriter",
     "RecordStatus",
     "read_manifest",
@@ -69,6 +78,16 @@ COMPLETE = frozenset({RecordStatus.DONE, RecordStatus.SKIPPED})
 
 class ManifestLockedError(ClipnormalsError):
     """Another run is writing this manifest."""
+
+
+class ManifestWriteError(ClipnormalsError, OSError):
+    """The manifest cannot be written: a full disk (``ENOSPC``), a read-only file or file
+    system. The file holds the records appended before, whole; an ``OSError`` too."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot write the manifest {path}: {error.strerror or error}")
+        self.errno = error.errno
+        self.strerror = error.strerror
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +340,11 @@ class ManifestWriter:
         <RecordStatus.INVALID: 'invalid'>
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, output_dir: Path | None = None) -> None:
+        """``output_dir``: the folder the records' outputs are in, locked too (see above)."""
         self.path = path
-        self._lock_file: IO[bytes] | None = None
+        self.output_dir = output_dir
+        self._lock_files: list[IO[bytes]] = []
         self._file: IO[bytes] | None = None
         self._queue: list[_Ticket] = []
         self._queue_lock = threading.Lock()
@@ -340,22 +361,49 @@ class ManifestWriter:
         self.close()
 
     def _lock(self) -> None:
-        lock_file = self.path.with_name(f".{self.path.name}.lock").open("ab")
+        self._lock_one(self.path, f"another run is using {self.path} (its lock file is held)")
+        if self.output_dir is None:
+            return
+        default = self.output_dir / MANIFEST_NAME
+        if default.absolute() != self.path.absolute():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock_one(
+                    default,
+                    f"another run is writing into {self.output_dir} (its lock file is held)",
+                )
+            except BaseException:
+                self._unlock()
+                raise
+
+    def _lock_one(self, manifest: Path, held: str) -> None:
+        lock_file = manifest.with_name(f".{manifest.name}.lock").open("ab")
         if fcntl is not None:
             try:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock_file.close()
-                raise ManifestLockedError(
-                    f"another run is using {self.path} (its lock file is held)"
-                ) from None
-        self._lock_file = lock_file
+                raise ManifestLockedError(held) from None
+        self._lock_files.append(lock_file)
+
+    def _unlock(self) -> None:
+        for lock_file in self._lock_files:
+            with contextlib.suppress(OSError):
+                lock_file.close()
+        self._lock_files = []
 
     def compact(self, state: ManifestState) -> None:
-        """Rewrite the file atomically with only the latest record per source."""
+        """Rewrite the file atomically with only the latest record per source.
+
+        Raises:
+            ManifestWriteError: the new file cannot be written; the old one is left as it was.
+        """
         self._close_file()
         data = "".join(r.to_json() + "\n" for r in state.records.values())
-        atomic_write_bytes(self.path, data.encode("utf-8"))
+        try:
+            atomic_write_bytes(self.path, data.encode("utf-8"))
+        except OSError as exc:
+            raise ManifestWriteError(self.path, exc) from exc
 
     def commit(
         self,
@@ -380,8 +428,9 @@ class ManifestWriter:
         one flush serves several.
 
         Raises:
-            OSError: the group's commit failed (every caller in the group gets it); the records
-                may or may not be in the file.
+            ManifestWriteError: the group's records could not be appended (every caller in the
+                group gets it); none of them is in the file.
+            OSError: a folder could not be flushed; the records were not appended.
         """
         ticket = _Ticket(records, tuple(folders))
         with self._arrived:
@@ -413,25 +462,48 @@ class ManifestWriter:
         if ticket.error is not None:
             error = ticket.error
             # The thread that ran the commit raises the original; a new one keeps tracebacks apart.
+            if isinstance(error, ManifestWriteError):
+                raise ManifestWriteError(self.path, error) from error
             raise OSError(f"committing {self.path} failed: {error}") from error
 
     def append(self, records: Iterable[ManifestRecord]) -> None:
-        """Append records as whole lines and flush them to the disk."""
+        """Append records as whole lines and flush them to the disk.
+
+        Raises:
+            ManifestWriteError: they could not be written; the file is cut back to its length
+                before the append (whole records only).
+        """
         data = "".join(r.to_json() + "\n" for r in records).encode("utf-8")
         if not data:
             return
-        f = self._open()
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            f = self._open()
+        except OSError as exc:
+            self._close_file()
+            raise ManifestWriteError(self.path, exc) from exc
+        start = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is finished here, a failed one raises
+                written = f.write(view)
+                view = view[written or 0 :]
+            os.fsync(f.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fileno(), start)  # freeing blocks: allowed on a full disk
+            raise ManifestWriteError(self.path, exc) from exc
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
             created = not self.path.exists()
-            self._file = self.path.open("ab")
-            self._cut_torn_tail(self._file)
-            if created:
-                fsync_dir(self.path.parent)
+            self._file = self.path.open("ab", buffering=0)
+            try:
+                self._cut_torn_tail(self._file)
+                if created:
+                    fsync_dir(self.path.parent)
+            except OSError:
+                self._close_file()
+                raise
         return self._file
 
     def _cut_torn_tail(self, f: IO[bytes]) -> None:
@@ -460,13 +532,11 @@ class ManifestWriter:
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # unbuffered: nothing is left to write
+                self._file.close()
             self._file = None
 
     def close(self) -> None:
         """Close the manifest and release the lock."""
         self._close_file()
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                self._lock_file.close()
-            self._lock_file = None
+        self._unlock()

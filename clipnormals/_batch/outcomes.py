@@ -33,7 +33,7 @@ from .._errors import (
     PermissionDeniedError,
 )
 from .errors import BatchInputError, OutputFolderError, SendingStoppedError
-from .manifest import ManifestLockedError, RecordStatus
+from .manifest import ManifestLockedError, ManifestWriteError, RecordStatus
 
 __all__ = [
     "RULES",
@@ -252,9 +252,9 @@ def _credit_stop(_error: ClipnormalsError, context: RunContext) -> StopReason:
     if ledger is None:
         return StopReason.CREDITS
     policy = ledger.policy
-    if policy.budget is not None and ledger.consumed + ledger.reserved + ledger.unit > (
-        policy.budget
-    ):
+    # The ledger's own rule: unanswered attempts count against the budget for good.
+    spent = ledger.consumed + ledger.uncertain + ledger.reserved
+    if policy.budget is not None and spent + ledger.unit > policy.budget:
         return StopReason.BUDGET
     if policy.reserve > 0:
         return StopReason.RESERVE
@@ -366,6 +366,7 @@ RUN_ERRORS: tuple[tuple[type[ClipnormalsError], ExitCode], ...] = (
     (BatchInputError, ExitCode.USAGE),
     (ManifestLockedError, ExitCode.USAGE),
     (OutputFolderError, ExitCode.CANTCREAT),
+    (ManifestWriteError, ExitCode.CANTCREAT),
 )
 
 

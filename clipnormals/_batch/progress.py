@@ -114,6 +114,8 @@ class BatchProgress:
             to the client whose outcome is not recorded yet.
         attempts, retries, rate_limited: HTTP requests, retries and 429s of this run.
         credits_consumed: credits this run spent; credits_remaining: the last balance seen.
+        credits_uncertain: credits of this run's attempts that got no answer (a timeout, a
+            reset) after the request went out: the server may have charged them.
         rate_limit: the client's quota.
         pace: measured seconds per upload, ``None`` until measured.
         elapsed: seconds since the run started.
@@ -135,6 +137,7 @@ class BatchProgress:
     retries: int = 0
     rate_limited: int = 0
     credits_consumed: int = 0
+    credits_uncertain: int = 0
     credits_remaining: int | None = None
     rate_limit: RateLimit | None = None
     pace: float | None = None

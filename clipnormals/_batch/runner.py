@@ -66,7 +66,7 @@ from .events import (
 )
 from .folder import check_output_folder, tidy_output_folder
 from .jobs import Job, JobState
-from .manifest import Geometry, ManifestRecord, ManifestWriter, RecordStatus
+from .manifest import Geometry, ManifestRecord, ManifestWriteError, ManifestWriter, RecordStatus
 from .outcomes import STOPS, RunContext, StopReason, classify
 from .plan import BatchPlan, make_plan
 from .progress import BatchProgress, BatchSummary, PaceMeter, progress_fields
@@ -114,6 +114,8 @@ async def run_batch(
         OutputFolderError: the output folder cannot be written; nothing was sent.
         ManifestLockedError: another run is writing the same manifest; nothing was sent.
         TypeError: ``client`` is not an :class:`AsyncClient` (the blocking ``Client`` included).
+        ManifestWriteError: the manifest could not be written before the first request (a
+            full disk); nothing was sent.
 
     Example:
         >>> async def main() -> None:
@@ -183,7 +185,7 @@ class _Runner:
         self.known_folders: set[Path] = set()  # folders known to exist (ensure_folder's cache)
         self.writing = 0  # worker threads writing an upload's outputs, not yet committing
         self.writing_lock = threading.Lock()
-        self.writer = ManifestWriter(config.manifest_path)
+        self.writer = ManifestWriter(config.manifest_path, output_dir=config.output_dir)
         self.progress = BatchProgress(rate_limit=client.rate_limit)
         self.failures: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
@@ -200,6 +202,7 @@ class _Runner:
         self.aborted = False
         self.stats_before = client.stats
         self.consumed_before = client.credits.consumed
+        self.uncertain_before = client.credits.uncertain
         self.started = 0.0
         self.prepare_scope = anyio.CancelScope()
         self.run_scope = anyio.CancelScope()
@@ -277,7 +280,13 @@ class _Runner:
             and self.stopped is not StopReason.INTERRUPTED
         ):
             drawn, unchanged = await anyio.to_thread.run_sync(
-                write_contact_sheets, self.config, self.sheet_entries, limiter=self.threads
+                partial(
+                    write_contact_sheets,
+                    self.config,
+                    self.sheet_entries,
+                    stop=lambda: self.control.stop_requested,  # Ctrl-C while drawing
+                ),
+                limiter=self.threads,
             )
             self.reporter.phase(SheetsWritten(drawn, unchanged))
 
@@ -328,10 +337,16 @@ class _Runner:
             changed = [r for r in records if self._changes(r)]
             folders = tuple(folders)
             if changed or folders:
-                await anyio.to_thread.run_sync(
-                    partial(self.writer.commit, changed, folders=folders),
-                    limiter=self.write_threads,
-                )
+                try:
+                    await anyio.to_thread.run_sync(
+                        partial(self.writer.commit, changed, folders=folders),
+                        limiter=self.write_threads,
+                    )
+                except OSError as exc:
+                    # A full disk, say: stop sending. The outputs stay, and the next run
+                    # adopts them; the manifest keeps whole records only.
+                    detail = exc.message if isinstance(exc, ManifestWriteError) else str(exc)
+                    self.request_stop(StopReason.CANNOT_WRITE, detail)
             self._count(_Entry(records, job, copies))
 
     def _count(self, entry: _Entry) -> None:
@@ -713,6 +728,7 @@ class _Runner:
             retries=stats.retries - before.retries,
             rate_limited=stats.rate_limited - before.rate_limited,
             credits_consumed=ledger.consumed - self.consumed_before,
+            credits_uncertain=ledger.uncertain - self.uncertain_before,
             credits_remaining=ledger.remaining,
             pace=self.pace.pace,
             elapsed=anyio.current_time() - self.started,

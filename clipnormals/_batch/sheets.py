@@ -6,6 +6,9 @@ what it shows: the names, the outputs' hashes, the sources' hashes and the optio
 the drawing. A rerun that would draw the same sheet finds the same fingerprint and leaves the
 file alone, so a resume with nothing to do redraws nothing. Sheets left from an earlier, longer
 run are removed.
+
+Drawing stops between two sheets when the run is interrupted: every sheet is written whole
+(atomically) or not at all, and the sheets not yet drawn are drawn by the next run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +27,10 @@ from .._errors import ClipnormalsError
 from .._normals.normalmap import NormalMap
 from .._normals.sheets import contact_sheet
 from .config import BatchConfig
-from .jobs import SHEETS_DIR
+from .jobs import SHEETS_DIR, Member
 from .writing import jpeg_bytes
 
-__all__ = ["SheetEntry", "write_contact_sheets"]
+__all__ = ["SheetEntry", "sheet_row_bytes", "write_contact_sheets"]
 
 _SHEET_ROWS = 8
 _SHEET_TILE = 256
@@ -56,6 +59,13 @@ class SheetEntry:
         return self.output.removesuffix(".normals.jpg")
 
 
+def sheet_row_bytes(nm: NormalMap, member: Member) -> bytes:
+    """One image's row of a contact sheet, drawn and encoded as a sheet's are (what a sheet
+    costs per image, for estimates)."""
+    sheet = contact_sheet([(member.file.path, nm)], names=[member.key], tile=_SHEET_TILE)
+    return jpeg_bytes(sheet)
+
+
 def _fingerprint(config: BatchConfig, entries: Sequence[SheetEntry]) -> bytes:
     data = {
         "format": _FORMAT,
@@ -75,14 +85,23 @@ def _drawn_fingerprint(path: Path) -> bytes | None:
 
 
 def write_contact_sheets(
-    config: BatchConfig, finished: Sequence[SheetEntry], *, rows: int = _SHEET_ROWS
+    config: BatchConfig,
+    finished: Sequence[SheetEntry],
+    *,
+    rows: int = _SHEET_ROWS,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[int, int]:
-    """Draw the sheets whose content changed; return ``(drawn, unchanged)``. Blocking."""
+    """Draw the sheets whose content changed; return ``(drawn, unchanged)``. Blocking.
+
+    ``stop`` is asked before each sheet: when it says true, drawing ends there (and no stale
+    sheet is removed)."""
     folder = config.output_dir / SHEETS_DIR
     ordered = sorted(set(finished))
     drawn = unchanged = 0
     keep: set[str] = set()
     for number, start in enumerate(range(0, len(ordered), rows), start=1):
+        if stop is not None and stop():
+            return drawn, unchanged
         chunk = ordered[start : start + rows]
         path = folder / f"sheet-{number:03d}.jpg"
         keep.add(path.name)

@@ -33,7 +33,14 @@ from .manifest import Geometry, ManifestRecord
 from .receipts import Receipt, write_receipt
 from .records import Content
 
-__all__ = ["jpeg_bytes", "npz_bytes", "read_output", "write_content", "write_fresh"]
+__all__ = [
+    "jpeg_bytes",
+    "npz_bytes",
+    "preview_bytes",
+    "read_output",
+    "write_content",
+    "write_fresh",
+]
 
 _PREVIEW_TILE = 320
 
@@ -163,13 +170,14 @@ class _Extras:
                 out / member.outputs.npz, data, sync_folder=False, known=self.known
             )
         if config.previews and not (out / member.outputs.preview).exists():
-            preview = _preview_bytes(self._normal_map(), member)
+            preview = preview_bytes(self._normal_map(), member)
             folders += atomic_write_bytes(
                 out / member.outputs.preview, preview, sync_folder=False, known=self.known
             )
         return folders
 
 
-def _preview_bytes(nm: NormalMap, member: Member) -> bytes:
+def preview_bytes(nm: NormalMap, member: Member) -> bytes:
+    """The preview of one image: a one-row contact sheet, as a JPEG."""
     sheet = contact_sheet([(member.file.path, nm)], names=[member.key], tile=_PREVIEW_TILE)
     return jpeg_bytes(sheet)

@@ -48,6 +48,38 @@ __all__ = ["EXIT_CODES", "app", "main"]
 #: The exit codes, for the help text: made from the outcome table, never written by hand.
 EXIT_CODES = exit_code_help()
 
+#: ``normals`` sends one image and keeps no manifest: its own words for the codes it ends with.
+NORMALS_EXIT_CODES = (
+    "Exit codes: "
+    + "; ".join(
+        f"{code.value} {meaning}"
+        for code, meaning in (
+            (ExitCode.OK, "the normal map was written"),
+            (ExitCode.FAILED, "the image was rejected or its request failed; nothing was written"),
+            (
+                ExitCode.USAGE,
+                "bad usage: an option, an input that cannot be read, no API key, or an output "
+                "that would be a folder, the image itself or the .npz; nothing was sent",
+            ),
+            (ExitCode.CREDITS, "the account is out of credits; nothing was written"),
+            (ExitCode.AUTH, "the server refused the API key (401/403)"),
+            (ExitCode.UNAVAILABLE, "the server cannot be reached (sysexits EX_UNAVAILABLE)"),
+            (
+                ExitCode.SOFTWARE,
+                "an internal error (sysexits EX_SOFTWARE); the message says where the full "
+                "traceback was written",
+            ),
+            (
+                ExitCode.CANTCREAT,
+                "the output cannot be written (sysexits EX_CANTCREAT); found before the upload, "
+                "nothing was sent",
+            ),
+            (ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"),
+        )
+    )
+    + "."
+)
+
 
 class _Command(TyperCommand):
     """A command whose usage line and help name arguments plainly: ``INPUT...``, not
@@ -298,7 +330,7 @@ def batch(
     _finish(summary.exit_code)
 
 
-@app.command(cls=_Command, epilog=EXIT_CODES)
+@app.command(cls=_Command, epilog=NORMALS_EXIT_CODES)
 def normals(
     image: Annotated[
         Path, typer.Argument(help="A portrait (PNG, JPEG, WEBP, ...).", metavar="IMAGE")

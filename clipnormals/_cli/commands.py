@@ -24,6 +24,7 @@ from .._batch.control import BatchControl
 from .._batch.discover import NotRegularFileError, open_regular
 from .._batch.dryrun import DryRunReport, dry_run
 from .._batch.events import BatchReporter
+from .._batch.folder import check_output_file
 from .._batch.outcomes import STOPS, ExitCode, RunContext, classify
 from .._batch.progress import BatchSummary
 from .._batch.runner import run_batch
@@ -256,6 +257,27 @@ def _read_image(image: Path) -> bytes:
         raise UsageError(f"cannot read {image}: {exc.strerror or exc}") from None
 
 
+def _check_targets(image: Path, targets: list[Path]) -> None:
+    """Refuse outputs that would overwrite the image or each other, or cannot be written."""
+    for n, target in enumerate(targets):
+        if target.is_dir():
+            raise UsageError(f"-o {target} is a folder: name the file to write")
+        if target.absolute() == image.absolute() or _same_file(target, image):
+            raise UsageError(f"{target} is the image itself: name another file to write")
+        if any(target.absolute() == other.absolute() for other in targets[:n]):
+            raise UsageError(
+                f"the map and the .npz would both be {target}: name the map with another suffix"
+            )
+        check_output_file(target)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 async def normals_command(
     image: Path,
     output: Path,
@@ -266,8 +288,13 @@ async def normals_command(
     npz: bool,
     out: Console,
 ) -> ExitCode:
-    """One image: write its normal map (the response bytes) and optionally the ``.npz``."""
+    """One image: write its normal map (the response bytes) and optionally the ``.npz``.
+
+    Where it writes is checked before the upload: a folder, the image itself, an ``.npz`` that
+    would be the map, or a place that cannot be written is refused with nothing spent."""
     data = await anyio.to_thread.run_sync(_read_image, image)
+    npz_path = output.with_suffix(".npz")
+    await anyio.to_thread.run_sync(_check_targets, image, [output, *([npz_path] if npz else [])])
     async with open_client(options) as client:
         try:
             nm = await client.surface_normals(data, name=image.name)
@@ -289,7 +316,6 @@ async def normals_command(
             def make_npz() -> bytes:
                 return npz_bytes(nm.with_convention(flip_x=flip_x, flip_y=flip_y))
 
-            npz_path = output.with_suffix(".npz")
             npz_data = await anyio.to_thread.run_sync(make_npz)
             await anyio.to_thread.run_sync(atomic_write_bytes, npz_path, npz_data)
             written.append(str(npz_path))

@@ -188,7 +188,12 @@ def summary_lines(summary: BatchSummary) -> list[str]:
     why = stop.summary.format(detail=s.stop_detail) if stop is not None else ""
     lines.append(f"not sent {s.not_sent:>5}" + (f"  ({why})" if s.not_sent and why else ""))
     left = "" if s.credits_remaining is None else f", {s.credits_remaining} left"
-    lines.append(f"credits  {s.credits_consumed:>5}  consumed{left}")
+    unanswered = (
+        f", up to {s.credits_uncertain} more may have been charged (requests that got no answer)"
+        if s.credits_uncertain
+        else ""
+    )
+    lines.append(f"credits  {s.credits_consumed:>5}  consumed{unanswered}{left}")
     rpm = "-" if s.requests_per_minute is None else f"{s.requests_per_minute:.1f}/min"
     lines.append(
         f"requests {s.attempts:>5}  ({plural(s.retries, 'retry', 'retries')}), {rpm} achieved, "

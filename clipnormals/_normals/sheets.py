@@ -9,6 +9,12 @@ covers Latin, Greek, Cyrillic, Armenian, Georgian, Hebrew, Arabic and many symbo
 A character it lacks is never drawn as an empty box: its compatibility decomposition is drawn
 when the font has that (``ﬁ`` as ``fi``), else its code point in a small framed box (``1F9D1``),
 the way a last-resort font shows what it cannot draw.
+
+A label never moves the pen by itself: control characters (C0, DEL, C1), line and paragraph
+separators, the bidirectional marks, embeddings, overrides and isolates and lone surrogates are
+drawn as Python escapes (``\\n``, ``\\x07``, ``\\u202e``), the way the command line prints them,
+so ``invoice\\u202egnp.exe`` cannot pass for ``invoiceexe.png``. A label wider than its sheet
+loses characters from its middle, marked by an ellipsis, and keeps its start and its extension.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import unicodedata
 from collections.abc import Sequence
 from importlib import resources
@@ -35,7 +42,14 @@ from .vectors import resize_field
 if TYPE_CHECKING:
     from .normalmap import NormalMap
 
-__all__ = ["SheetEntry", "contact_sheet", "draw_label", "label_font", "label_width"]
+__all__ = [
+    "SheetEntry",
+    "contact_sheet",
+    "draw_label",
+    "label_font",
+    "label_text",
+    "label_width",
+]
 
 #: The contact sheet's relit column: a warm key light from the right, so the change shows.
 _SHEET_LIGHT = DirectionalLight((0.75, 0.35, 0.55), intensity=1.0, color=(1.0, 0.92, 0.8))
@@ -94,7 +108,7 @@ def contact_sheet(
     top = line
     for row, entry in enumerate(entries):
         if names is not None:
-            draw_label(draw, (_GAP, top + 3), names[row], font)
+            draw_label(draw, (_GAP, top + 3), _fitted(names[row], width - 2 * _GAP, font), font)
             top += line
         cells = _row_cells(entry, tile, light=light, ambient=ambient, mode=mode, font=font)
         for i, cell in enumerate(cells):
@@ -217,10 +231,59 @@ def _has_glyph(font: Font, ch: str) -> bool:
     return (mask.size, bytes(mask)) != _notdef(font)
 
 
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ELLIPSIS = "\u2026"
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def label_text(text: str) -> str:
+    """``text`` as a label shows it: every control, separator, bidirectional control and lone
+    surrogate replaced by its Python escape, so that nothing in a file name can break a line,
+    reorder the text drawn after it or make the text shaper fail.
+
+    Example:
+        >>> label_text("invoice\\u202egnp.exe")
+        'invoice\\\\u202egnp.exe'
+        >>> label_text("new\\nline.png")
+        'new\\\\nline.png'
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
+def _fitted(text: str, width: int, font: Font) -> str:
+    """``text`` (made a :func:`label_text`) shortened in its middle to fit ``width`` pixels."""
+    text = label_text(text)
+    if label_width(text, font) <= width:
+        return text
+    low, high = 0, len(text) - 1  # characters kept around the ellipsis: low fits, high may not
+    while low < high:
+        keep = (low + high + 1) // 2
+        if label_width(_shortened(text, keep), font) <= width:
+            low = keep
+        else:
+            high = keep - 1
+    return _shortened(text, low)
+
+
+def _shortened(text: str, keep: int) -> str:
+    head = (keep + 1) // 2
+    return text[:head] + _ELLIPSIS + text[len(text) - (keep - head) :]
+
+
 def _runs(text: str, font: Font) -> list[tuple[str, bool]]:
     """``text`` split into runs the font draws (``True``) and single characters it lacks."""
     runs: list[tuple[str, bool]] = []
-    for ch in text:
+    for ch in label_text(text):
         if _has_glyph(font, ch):
             if runs and runs[-1][1]:
                 runs[-1] = (runs[-1][0] + ch, True)
