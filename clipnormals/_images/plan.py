@@ -43,13 +43,14 @@ class PrepareOptions:
             Pillow's ``Image.MAX_IMAGE_PIXELS`` read at call time (89,478,485 unless the
             application changed it), or 4 * ``max_pixels`` when the application disabled it.
             Pillow's own check in ``Image.open`` applies as well.
-        max_source_bytes: a file, file object or bytes larger than this is refused before it is
-            read (a file's size is asked of the file system). The default, 256,000,000 bytes,
-            is above the largest plausible source of a 25-megapixel picture: an uncompressed
-            16-bit RGBA TIFF, 8 bytes a pixel, 200,000,000 bytes, with room for its metadata
-            and previews. Pictures above 25 megapixels are downscaled, so an application that
-            sends uncompressed scans of more pixels raises it, as it would raise Pillow's
-            ``MAX_IMAGE_PIXELS``.
+        max_source_bytes: a source of more bytes than this is refused with
+            :class:`InvalidImageError` before it is decoded: a path by the size the file system
+            gives, before it is read; a file object once it has given one byte more; bytes by their
+            length. The default, 256,000,000 bytes, is above the largest plausible source of a
+            25-megapixel picture: an uncompressed 16-bit RGBA TIFF, 8 bytes a pixel, 200,000,000
+            bytes, with room for its metadata and previews. Pictures above 25 megapixels are
+            downscaled, so an application that sends uncompressed scans of more pixels raises it, as
+            it would raise Pillow's ``MAX_IMAGE_PIXELS``.
 
     Example:
         >>> PrepareOptions(strict=True, max_pixels=16_000_000).max_bytes
