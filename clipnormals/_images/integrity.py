@@ -30,8 +30,8 @@ being complete:
 What no check can see: formats that store raw pixels (uncompressed or PackBits TIFF, BMP, PPM)
 have no redundancy, so damage there is just other pixels; zero bytes inside the entropy-coded
 data of a progressive or optimized JPEG, or of a JPEG 2000 file, read as flat areas; and HEVC
-(HEIF) decodes random bytes without a sign. ``benchmarks/garbage.py`` measures which
-damaged files are refused.
+(HEIF) decodes random bytes without a sign; a hole of random bytes inside a lossless WEBP
+now and then decodes too. ``benchmarks/garbage.py`` measures which damaged files are refused.
 
 Cost: one pass of CRC-32 over a PNG, one inflate per Deflate TIFF strip, regular-expression
 scans for markers over JPEG, JPEG 2000 and HEIF/AVIF data, a few dozen bytes read for the
