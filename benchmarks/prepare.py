@@ -2,14 +2,15 @@
 
 Run from the repository root::
 
-    python benchmarks/prepare.py                   # 1 and 12 megapixels, JPEG and PNG
+    python benchmarks/prepare.py                   # 1 and 12 megapixels, JPEG, PNG and WEBP
     python benchmarks/prepare.py --sizes 1 --repeats 9
 
 Every upload goes through :func:`clipnormals.images.prepare_image` (in a worker thread), so
 its cost is
 paid once per image. For each size a photo-like picture (a smooth synthetic portrait with sensor
-noise, 4:3 landscape as a phone writes it) is encoded as a JPEG at quality 90 and as a PNG, then
-timed three ways, alternating so that a busy machine slows all alike:
+noise, 4:3 landscape as a phone writes it) is encoded as a JPEG at quality 90, as a PNG and as a
+WEBP (lossy at quality 90, and lossless), then timed three ways, alternating so that a busy
+machine slows all alike:
 
 - ``pillow``: ``Image.open(...).load()``, the single decode that any check of the pixels needs;
 - ``prepare``: ``prepare_image(data)``, which here uploads the bytes untouched (the common case:
@@ -44,7 +45,7 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clipnormals import prepare_image  # noqa: E402
+from clipnormals.images import prepare_image  # noqa: E402
 
 try:
     from clipnormals._images.integrity import check_whole
@@ -94,6 +95,8 @@ def run(megapixels: float, repeats: int) -> list[dict[str, object]]:
         "JPEG": encode(image, "JPEG", quality=90),
         "PNG": encode(image, "PNG", compress_level=6),
         "JPEG-rotated": encode(image, "JPEG", quality=90, exif=exif.tobytes()),
+        "WEBP": encode(image, "WEBP", quality=90),
+        "WEBP-lossless": encode(image, "WEBP", lossless=True, method=2),
     }
     rows = []
     for name, data in cases.items():

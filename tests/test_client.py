@@ -236,7 +236,7 @@ async def test_invalid_image_is_rejected_before_any_request() -> None:
     async with _client(api) as client:
         with pytest.raises(clipnormals.InvalidImageError):
             await client.surface_normals(b"this is not an image")
-        with pytest.raises(ValueError, match="image"):
+        with pytest.raises(ValueError, match=r"empty input \(0 bytes\)"):
             await client.surface_normals(b"")
     assert api.arrivals == []
     assert client.credits.reserved == 0

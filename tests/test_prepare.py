@@ -297,6 +297,15 @@ def transparent_palette() -> Image.Image:
     [
         pytest.param(lambda: i16([0, 257 * 100, 65535]), "L", [[0, 100, 255]], id="I;16"),
         pytest.param(lambda: i16([0, 257 * 100, 65535]).convert("I"), "L", [[0, 100, 255]], id="I"),
+        # 8-bit values in a wider container are kept, not divided by 257
+        pytest.param(lambda: i16([0, 100, 255]), "L", [[0, 100, 255]], id="I;16-8-bit-values"),
+        pytest.param(lambda: i16([0, 100, 255]).convert("I"), "L", [[0, 100, 255]], id="I-8-bit"),
+        pytest.param(
+            lambda: Image.fromarray(np.array([[-7, 25700, 70000]], np.int32)),
+            "L",
+            [[0, 100, 255]],
+            id="I-beyond-16-bits-clipped",
+        ),
         pytest.param(lambda: f32([0.0, 0.5, 1.0]), "L", [[0, 128, 255]], id="F-unit"),
         pytest.param(lambda: f32([-5.0, 100.0, 300.0]), "L", [[0, 100, 255]], id="F-clipped"),
         pytest.param(
@@ -317,6 +326,25 @@ def test_pil_modes_become_modes_the_api_takes(
     assert prepared.format == "PNG"
     assert out.mode == mode
     assert np.array_equal(np.asarray(out), np.array(expected))
+
+
+@pytest.mark.parametrize("mode", ["I", "I;16", "F"])
+def test_a_picture_converted_to_a_wide_mode_uploads_as_the_same_picture(mode: str) -> None:
+    grey = Image.open(SAMPLES / "astronaut.png").convert("L")
+    wide = grey.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(grey, np.uint16))
+    assert wide.mode == mode
+    prepared = prepare_image(wide)
+    assert prepared.changes == ("encoded-from-PIL", f"converted-mode-{mode}")
+    assert np.array_equal(np.asarray(decode(prepared.data)), np.asarray(grey))
+
+
+def test_a_16_bit_tiff_is_scaled_to_8_bits() -> None:
+    grey = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("L"))
+    data = encode(Image.fromarray(grey.astype(np.uint16) * 257), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    prepared = prepare_image(data)
+    assert prepared.changes == ("converted-from-TIFF", "converted-mode-I;16")
+    assert np.array_equal(np.asarray(decode(prepared.data)), grey)
 
 
 def test_empty_pil_image_is_refused() -> None:

@@ -43,6 +43,14 @@ class PrepareOptions:
             Pillow's ``Image.MAX_IMAGE_PIXELS`` read at call time (89,478,485 unless the
             application changed it), or 4 * ``max_pixels`` when the application disabled it.
             Pillow's own check in ``Image.open`` applies as well.
+        max_source_bytes: a source of more bytes than this is refused with
+            :class:`InvalidImageError` before it is decoded: a path by the size the file system
+            gives, before it is read; a file object once it has given one byte more; bytes by their
+            length. The default, 256,000,000 bytes, is above the largest plausible source of a
+            25-megapixel picture: an uncompressed 16-bit RGBA TIFF, 8 bytes a pixel, 200,000,000
+            bytes, with room for its metadata and previews. Pictures above 25 megapixels are
+            downscaled, so an application that sends uncompressed scans of more pixels raises it, as
+            it would raise Pillow's ``MAX_IMAGE_PIXELS``.
 
     Example:
         >>> PrepareOptions(strict=True, max_pixels=16_000_000).max_bytes
@@ -54,13 +62,14 @@ class PrepareOptions:
     max_bytes: int = 30_000_000
     reencode_jpeg_as: Literal["PNG", "JPEG"] = "JPEG"
     bomb_pixels: int | None = None
+    max_source_bytes: int = 256_000_000
 
     def __post_init__(self) -> None:
         if self.reencode_jpeg_as not in ("PNG", "JPEG"):
             raise ValueError(
                 f"reencode_jpeg_as must be 'PNG' or 'JPEG', got {self.reencode_jpeg_as!r}"
             )
-        for name in ("max_pixels", "max_bytes", "bomb_pixels"):
+        for name in ("max_pixels", "max_bytes", "bomb_pixels", "max_source_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")

@@ -44,6 +44,7 @@ import numpy.typing as npt
 from PIL import Image, ImageFile
 
 from .._errors import InvalidImageError
+from .decode import require_the_end
 from .formats import CONTENT_TYPES, canonical_format, describe_unrecognised, sniff
 from .integrity import check_whole, download_hint
 from .orientation import exif_orientation
@@ -55,9 +56,11 @@ from .sources import (
     bomb_limit,
     load,
     open_image,
+    path_in_bytes,
     pillow_errors,
     read_file,
     read_path,
+    require_size,
     source_label,
 )
 
@@ -172,20 +175,25 @@ def prepare_image(
             image, label, name, options, "encoded-from-array", is_file=False, owned=True
         )
     if isinstance(source, bytes | bytearray | memoryview):
+        size = source.nbytes if isinstance(source, memoryview) else len(source)
+        label = source_label(name, f"bytes input ({size:,} bytes)")
+        require_size(size, label, options.max_source_bytes)
         data = source.tobytes() if isinstance(source, memoryview) else bytes(source)
-        return _prepare_data(data, name, source_label(name, "image bytes"), options)
+        return _prepare_data(data, name, label, options)
     if isinstance(source, str | os.PathLike):
         path = os.fsdecode(source)
         source_name = name or path
         label = source_label(source_name, "empty path")
-        return _prepare_data(read_path(path, label), source_name, label, options)
+        data = read_path(path, label, limit=options.max_source_bytes)
+        return _prepare_data(data, source_name, label, options)
     if callable(getattr(source, "read", None)):
         file_name = getattr(source, "name", None)
         source_name = name or (
             os.fsdecode(file_name) if isinstance(file_name, str | bytes) else None
         )
         label = source_label(source_name, "file object")
-        return _prepare_data(read_file(source, label), source_name, label, options)
+        data = read_file(source, label, limit=options.max_source_bytes)
+        return _prepare_data(data, source_name, label, options)
     raise InvalidImageError(
         f"unsupported image source of type {type(source).__name__}: pass a path, bytes, a binary "
         "file, a PIL image or a numpy array"
@@ -225,6 +233,12 @@ def _prepare_data(
         raise InvalidImageError(f"{label}: empty input (0 bytes)")
     sniffed = sniff(data)
     if sniffed is None:
+        path = path_in_bytes(data)
+        if path is not None:
+            raise InvalidImageError(
+                f"{label}: not an image: the bytes look like a file path ('{path}'); pass a "
+                "path as a str or an os.PathLike to read the file"
+            )
         raise InvalidImageError(f"{label}: {describe_unrecognised(data)}")
     digest = hashlib.sha256(data).hexdigest()
     try:
@@ -261,6 +275,7 @@ def _prepare_decoded(
             orientation = load(image, source, fmt, label, target=target)
             # after the decode, so that a short file keeps the decoder's own complaint
             check_whole(data, fmt, image, label)
+            require_the_end(data, fmt, label)
             untouched = fmt in CONTENT_TYPES and orientation == 1 and not animated
             if untouched and target is None:
                 if len(data) <= options.max_bytes:
@@ -310,7 +325,10 @@ def _prepare_pixels(
     owned: bool,
 ) -> PreparedImage:
     with pillow_errors(label):
-        image.load()
+        try:
+            image.load()
+        except ValueError as exc:  # Pillow's "Operation on closed image"
+            raise InvalidImageError(f"{label}: cannot load its pixels ({exc})") from exc
         if image.width == 0 or image.height == 0:
             raise InvalidImageError(
                 f"{label}: the image has no pixels ({image.width}x{image.height})"

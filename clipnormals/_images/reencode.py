@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from .._errors import InvalidImageError
@@ -128,7 +129,10 @@ def _normalise_mode(
     """Bring any mode to one PNG stores and the API reads: 1, P, L, LA, RGB or RGBA.
 
     Returns the image, the ICC profile still valid for it, and the change made (``None`` for
-    none). 16-bit and 32-bit integer data is taken as 16-bit and scaled to 8 bits; float data
+    none). Integer data (modes ``I``, ``I;16``...) that holds a value above 255 is 16-bit data
+    and is scaled from 0..65535 to 0..255 (values outside clipped); integer data within 0..255
+    holds 8-bit values in a wider container (``Image.convert("I")`` makes such images, and so
+    does ``Image.fromarray`` of a uint16 array of 8-bit values) and is kept as it is. Float data
     in [0, 1] is scaled, other values clipped to [0, 255].
     """
     mode = image.mode
@@ -141,8 +145,7 @@ def _normalise_mode(
         return image, icc, None
     family = "grey" if mode in _GREY_MODES or mode.startswith("I;16") else "rgb"
     if mode.startswith("I"):
-        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        converted = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+        converted = Image.fromarray(_integers_to_8_bits(np.asarray(image)))
     elif mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
         if values.size and values.min() >= 0.0 and values.max() <= 1.0:
@@ -155,6 +158,17 @@ def _normalise_mode(
     if family == "rgb" and mode not in _RGB_MODES:
         icc = None  # a CMYK or Lab profile does not describe RGB pixels
     return converted, icc, f"converted-mode-{mode}"
+
+
+def _integers_to_8_bits(values: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """8-bit values of integer pixels: 16-bit data scaled, 8-bit values kept (see above)."""
+    narrow: npt.NDArray[np.uint8]
+    if values.size and int(values.max()) > 255:
+        wide = np.clip(values, 0, 65535).astype(np.uint32)
+        narrow = ((wide + 128) // 257).astype(np.uint8)
+    else:
+        narrow = np.clip(values, 0, 255).astype(np.uint8)
+    return narrow
 
 
 # --- encoding ---------------------------------------------------------------------------------
