@@ -1,9 +1,10 @@
 """Crash-safe writes (``clipnormals._atomic``): the order of the steps that make them safe.
 
 A power cut cannot be staged in a test, so these tests watch the system calls instead: the data
-is flushed from Python's buffer and fsynced before the rename, the folder is fsynced after it, a
-failed write leaves the old file and no temporary, and what a killed write leaves is recognised
-and cleared by the next run (and nothing else is).
+is written whole (after short writes too) and fsynced before the rename, the folder is fsynced
+after it (or handed back to the caller, for a group commit), a failed write leaves the old file
+and no temporary, and what a killed write leaves is recognised and cleared by the next run (and
+nothing else is).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def test_data_is_on_disk_before_the_rename_and_the_rename_is_flushed(
     assert target.read_bytes() == data
     assert [c[0] for c in calls] == ["fsync", "rename", "fsync", "fsync"]
     (_, synced, size_at_fsync), (_, renamed, _), *folders = calls
-    # The temporary file was fsynced with all of its bytes already written out of Python's
-    # buffer (an fsync before the flush would sync an empty file), then renamed.
+    # The temporary file was fsynced with all of its bytes already written (an fsync before the
+    # write would sync an empty file), then renamed.
     assert synced == renamed
     assert size_at_fsync == len(data)
     # The rename itself was made durable by flushing the folder that holds it, and the new
@@ -73,6 +74,42 @@ def test_fsync_dir_flushes_the_folder_itself(
 ) -> None:
     fsync_dir(tmp_path)
     assert [(c[0], c[1]) for c in calls] == [("fsync", str(tmp_path))]
+
+
+@needs_proc
+def test_a_group_commit_write_hands_back_every_folder_to_flush(
+    tmp_path: Path, calls: list[tuple[str, str, int]]
+) -> None:
+    target = tmp_path / "a" / "b" / "out.jpg"
+    changed = atomic_write_bytes(target, b"data", sync_folder=False)
+    # the file is flushed and renamed; the folders are left to the caller, every one whose
+    # entries changed: the file's own and the parents of the two folders created
+    assert [c[0] for c in calls] == ["fsync", "rename"]
+    assert sorted(changed) == sorted([target.parent, tmp_path / "a", tmp_path])
+    # a second file in an existing folder changes only that folder
+    assert atomic_write_bytes(target.parent / "two.jpg", b"x", sync_folder=False) == [target.parent]
+    assert target.read_bytes() == b"data"
+
+
+def test_a_short_write_is_continued_until_every_byte_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # os.write may write fewer bytes than asked (an interrupted call, some file systems)
+    real_write = os.write
+    sizes: list[int] = []
+
+    def short_write(fd: int, data: Any) -> int:
+        sizes.append(len(data))
+        return real_write(fd, bytes(data[:1000]))
+
+    data = bytes(range(256)) * 20
+    monkeypatch.setattr(os, "write", short_write)
+    try:
+        atomic_write_bytes(tmp_path / "out.jpg", data)
+    finally:
+        monkeypatch.undo()
+    assert len(sizes) == 6  # 5120 bytes, 1000 at a time
+    assert (tmp_path / "out.jpg").read_bytes() == data
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(

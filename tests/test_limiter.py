@@ -225,3 +225,35 @@ async def test_cancelled_acquire_takes_no_token() -> None:
     await limiter.acquire()
     # the cancelled waiter did not take the next slot: this one got it on time
     assert anyio.current_time() - t0 == pytest.approx(rl.spacing)
+
+
+async def test_a_cancelled_waiter_hands_its_slot_on_and_no_slot_is_used_twice() -> None:
+    rl = RateLimit(requests=60, per=60.0, burst=1, slack=0)
+    limiter = LocalLimiter(rl)
+    await limiter.acquire()
+    t0 = anyio.current_time()
+    starts: dict[str, float] = {}  # seconds after the first start
+    doomed = anyio.CancelScope()
+
+    async def start(label: str) -> None:
+        await limiter.acquire()
+        starts[label] = anyio.current_time() - t0
+
+    async def doomed_waiter() -> None:
+        with doomed:
+            await start("doomed")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(doomed_waiter)  # holds slot 1
+        await anyio.sleep(0.1)
+        tg.start_soon(start, "second")  # holds slot 2, the last one handed out
+        await anyio.sleep(0.1)
+        doomed.cancel()  # slot 1 is not the last: it is kept for the next caller
+        await anyio.sleep(0.1)
+        tg.start_soon(start, "taker")
+        await anyio.sleep(0.1)
+        tg.start_soon(start, "next")
+    spacing = rl.spacing
+    assert starts == pytest.approx(
+        {"taker": spacing, "second": 2 * spacing, "next": 3 * spacing}, abs=1e-6
+    )

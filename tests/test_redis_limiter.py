@@ -16,15 +16,22 @@ what the guarantee says *there*, where it is exact whatever the load on the mach
   rate (how fast a busy machine takes the slots it is offered is not the limiter's promise: a
   waiter that wakes late forfeits its slot, and the starts are only checked never to run faster
   than the rate).
+
+Where a test needs a waiter that wakes early or late, or a client whose wall clock is off, it
+makes one (a timer that fires early, a claim held back, ``time.time`` read off for one client):
+the server's replies then say whether the claim was told to wait, forfeited, or unaffected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
+import itertools
 import math
 import random
 import sys
+import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,6 +44,7 @@ import redis.asyncio
 
 import clipnormals
 from clipnormals import ClipnormalsError, RateLimit
+from clipnormals._redis import limiter as limiter_module
 from clipnormals.redis import RedisLimiter
 
 from .conftest import free_port
@@ -71,6 +79,8 @@ class Log:
     # the schedule: every new slot handed out, in order (less those taken back off its end)
     slots: list[float] = field(default_factory=list)
     forfeited: int = 0  # claims that came too late
+    ahead: list[float] = field(default_factory=list)  # how far ahead each slot was reserved
+    full: int = 0  # "ask again later" replies: the schedule was full up to the horizon
 
     def server_starts(self) -> list[float]:
         return sorted(s.server for s in self.starts)
@@ -97,8 +107,11 @@ class Observed(RedisLimiter):
             wait, slot, tat_after = reply[1], reply[2], reply[3]
             if tat_after:  # a new slot on the schedule, not a returned one
                 self.log.slots.append(slot / US)
+            self.log.ahead.append(wait / US)
             if wait <= 0:  # due now: it starts on this reply, at the server's "now"
                 self._task_grant[_task()] = (slot / US, (slot - wait) / US)
+        elif op == "reserve" and reply[0] == FULL:
+            self.log.full += 1
         elif op == "claim":
             slot = operands[0]
             if reply[0] == SLOT:
@@ -185,6 +198,9 @@ async def test_more_waiters_than_the_reservation_horizon(redis_url: str, name: s
     async with _limiters(redis_url, name, 6, log=log) as limiters:
         await _run(limiters, tasks_each=5, total=60)
     assert len(log.starts) == 60
+    assert log.full > 0  # the horizon was reached
+    # no slot is ever reserved further ahead than one window (and four spacings at least)
+    assert max(log.ahead) <= max(QUOTA.per, 4 * QUOTA.spacing) + 1e-6
     _check_schedule(log)
 
 
@@ -374,6 +390,8 @@ async def test_a_cancelled_waiter_gives_its_slot_back(
                 doomed.cancel()
                 await gave_back.wait()
                 tg.start_soon(start, "taker")
+        await limiter.acquire()  # the next slot on the schedule
+        starts["next"] = limiter.log.starts[-1].slot
     assert "doomed" not in starts
     # slot 1 (0.9 spacing after the first start: the bucket's slack is 0.1) goes to the taker
     # instead of being lost, which would push the taker one spacing later
@@ -381,6 +399,11 @@ async def test_a_cancelled_waiter_gives_its_slot_back(
     assert starts["taker"] - t0 == pytest.approx(0.9 * spacing, abs=1e-5)
     if not last_in_line:
         assert starts["second"] - t0 == pytest.approx(1.9 * spacing, abs=1e-5)
+    # the give-back moved the schedule back only if the slot was its last: no slot is handed
+    # out twice, and the slots stay a spacing apart after the first (less the bucket's slack)
+    slots = sorted([t0, *starts.values()])
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= (1 - QUOTA.slack) * spacing - 1e-5, gaps
 
 
 @pytest.mark.redis
@@ -410,6 +433,135 @@ async def test_cancellations_never_break_the_guarantee(redis_url: str, name: str
     # slots given back are taken over: little of the quota is lost (the slots handed out are
     # the schedule; a slot reused after a give-back is not a new one)
     assert _steady_rate(log.slots, QUOTA.burst) == pytest.approx(QUOTA.rate, rel=0.05)
+
+
+@pytest.mark.redis
+async def test_strict_slots_are_a_whole_spacing_apart(redis_url: str, name: str) -> None:
+    # strict: a tolerance of 0, so the slack of the bucket is not available: every new slot on
+    # the schedule comes at least one emission interval after the one before
+    rl = RateLimit(requests=20, per=1.0, strict=True)
+    log = Log()
+    async with _limiters(redis_url, name, 2, rl, log=log) as limiters:
+        await _run(limiters, tasks_each=3, total=24)
+    assert len(log.starts) == 24
+    emission = math.ceil(US / rl.rate) / US
+    gaps = [b - a for a, b in itertools.pairwise(sorted(log.slots))]
+    assert min(gaps) >= emission - 1e-6, gaps
+    _check_schedule(log, rl, rel=0.05)
+
+
+class WakesLate(Observed):
+    """A limiter whose first claim of a slot comes ``late`` seconds after the slot, as on a
+    machine too busy to run the waiter in time."""
+
+    def __init__(self, *args: Any, late: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.late = late
+
+    async def _claim(self, slot: int, seen: int) -> bool:
+        await anyio.sleep(self.late)  # acquire slept until the slot: this much more
+        self.late = 0.0
+        return await super()._claim(slot, seen)
+
+
+@pytest.mark.redis
+async def test_a_slot_claimed_too_late_is_forfeited_and_the_waiter_queues_again(
+    redis_url: str, name: str
+) -> None:
+    # Three quarters of a spacing late: past the half spacing a start may lag its slot. A slow
+    # quota (a spacing of ~0.35 s) leaves room for a busy machine between the two steps.
+    rl = RateLimit(requests=4, per=1.0)
+    log = Log()
+    late = WakesLate(rl, url=redis_url, name=name, log=log, late=0.75 * rl.spacing)
+    async with late as limiter:
+        with anyio.fail_after(10):
+            await limiter.acquire()  # due at once: no claim
+            await limiter.acquire()  # its slot is claimed late: forfeited, then a later one
+    assert log.forfeited >= 1
+    missed, taken = log.slots[1], log.starts[-1]
+    # the start lies within half a spacing of the slot it was granted on, a later one than the
+    # slot it missed (on a busy machine the next claim may come late too: another forfeit)
+    assert taken.slot > missed
+    assert taken.slot - 1e-6 <= taken.server <= taken.slot + rl.spacing / 2 + 1e-6
+    assert taken.server > missed + rl.spacing / 2
+
+
+class _EarlyTimers:
+    """The anyio module as the limiter sees it, but whose first sleep ends after a third of the
+    time asked: a timer that fires early (a clock that runs fast)."""
+
+    def __init__(self) -> None:
+        self.early = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        if self.early and seconds > 0:
+            self.early -= 1
+            seconds /= 3
+        await anyio.sleep(seconds)
+
+
+@pytest.mark.redis
+async def test_a_waiter_that_wakes_early_still_starts_on_its_slot(
+    redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rl = RateLimit(requests=2, per=1.0)  # the second slot ~1 s after the first: a long wait
+    timers = _EarlyTimers()
+    log = Log()
+    async with _limiters(redis_url, name, 1, rl, log=log) as (limiter,):
+        with anyio.fail_after(10):
+            await limiter.acquire()  # due at once: no sleep
+            monkeypatch.setattr(limiter_module, "anyio", timers)
+            await limiter.acquire()  # wakes a third of the way to its slot and claims it
+            monkeypatch.undo()
+    assert timers.early == 0  # it slept for its slot, and the timer fired early
+    first, second = log.starts
+    assert second.slot > first.slot
+    # the early claim was told to wait: the start lies on the slot's side of the server's clock
+    assert second.slot - 1e-6 <= second.server <= second.slot + rl.spacing / 2 + 1e-6
+
+
+_skew: contextvars.ContextVar[float] = contextvars.ContextVar("skew", default=0.0)
+
+
+class SkewedClock(Observed):
+    """A limiter on a machine whose wall clock is ``skew`` seconds off: ``time.time`` (patched
+    by the test) reads that much off while this limiter talks to Redis."""
+
+    def __init__(self, *args: Any, skew: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skew = skew
+
+    async def _run(self, op: str, *operands: int) -> list[int]:
+        token = _skew.set(self.skew)
+        try:
+            return await super()._run(op, *operands)
+        finally:
+            _skew.reset(token)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("skew", [30.0, -30.0])
+async def test_clients_whose_clocks_disagree_share_one_schedule(
+    redis_url: str, name: str, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Decisions are taken on the Redis server's clock: a client whose clock is half a minute
+    # off neither waits half a minute nor makes the others wait.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + _skew.get())
+    log = Log()
+    async with contextlib.AsyncExitStack() as stack:
+        right = await stack.enter_async_context(Observed(QUOTA, url=redis_url, name=name, log=log))
+        off = await stack.enter_async_context(
+            SkewedClock(QUOTA, url=redis_url, name=name, log=log, skew=skew)
+        )
+        per_limiter = await _run([right, off], tasks_each=3, total=30)  # ~1.5 s on one schedule
+    monkeypatch.undo()
+    assert len(log.starts) == 30
+    assert all(per_limiter), [len(s) for s in per_limiter]  # both were served
+    _check_schedule(log, rel=0.05)
 
 
 @pytest.mark.redis

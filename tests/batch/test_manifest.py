@@ -358,3 +358,31 @@ def test_a_new_manifest_is_flushed_with_its_folder_entry(
     assert synced.count(str(path)) == 2
     assert synced.count(str(path.parent)) == 1
     assert synced.index(str(path.parent)) < synced.index(str(path))
+
+
+class _ShortWrites:
+    """A file whose writes take at most seven bytes at a time, as a write to a pipe, a
+    network file system or a nearly full disk may."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def write(self, data: Any) -> int:
+        written: int = self.f.write(bytes(data[:7]))
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def test_an_append_cut_into_short_writes_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "manifest.jsonl"
+    with ManifestWriter(path) as writer:
+        real_open = writer._open
+        monkeypatch.setattr(writer, "_open", lambda: _ShortWrites(real_open()))
+        writer.append([rec("a.png"), rec("b.png")])
+        writer.append([rec("c.png")])
+    assert sorted(read_manifest(path).records) == ["a.png", "b.png", "c.png"]
+    assert path.read_bytes().count(b"\n") == 3

@@ -73,9 +73,8 @@ mutant(
     "errors-api-key-header-kept",
     "errors",
     ERRORS,
-    '_SENSITIVE_HEADERS = frozenset({"x-api-key", "authorization", '
-    '"proxy-authorization", "cookie"})',
-    '_SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})',
+    '    {"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"}',
+    '    {"authorization", "proxy-authorization", "cookie", "set-cookie"}',
     tests=ERRORS_TESTS,
     why="the x-api-key header is kept in an error's headers",
 )
@@ -230,9 +229,8 @@ mutant(
             "            if isinstance(exc, RateLimitError):",
         ),
         (
-            "                return 0.0  # the limiter's shared cooldown is the wait\n"
-            "            errors += 1\n",
-            "                return 0.0  # the limiter's shared cooldown is the wait\n",
+            "  # until the probe may tell; not an attempt of its own\n            errors += 1\n",
+            "  # until the probe may tell; not an attempt of its own\n",
         ),
     ),
     tests=RETRY_TESTS,
@@ -288,17 +286,17 @@ mutant(
     "retry-circuit-open-retried",
     "retry",
     RETRY,
-    "        if isinstance(exc, CircuitOpenError):\n            return False\n",
-    "",
+    "            return self.retry_connection_errors and exc.retry_in is not None\n",
+    "            return self.retry_connection_errors\n",
     tests=RETRY_TESTS,
-    why="CircuitOpenError (an APIConnectionError) is retried like a connection error",
+    why="a final CircuitOpenError (the probe failed, or a server never reached) is retried",
 )
 mutant(
     "retry-connection-errors-always",
     "retry",
     RETRY,
-    "            return self.retry_connection_errors",
-    "            return True",
+    "            return self.retry_connection_errors\n        return False",
+    "            return True\n        return False",
     tests=RETRY_TESTS,
     why="retry_connection_errors=False is ignored",
 )
@@ -468,10 +466,11 @@ mutant(
     "credits-proxy-200-charged",
     "credits",
     CREDITS,
-    "        elif status == 200 and (\n"
-    '            remaining is not None or headers.get("content-type", "").startswith("image/")\n'
-    "        ):",
-    "        elif status == 200:",
+    "    if status == 200 and (\n"
+    '        parse_credit_header(headers, "x-remaining-credits") is not None\n'
+    '        or headers.get("content-type", "").startswith("image/")\n'
+    "    ):",
+    "    if status == 200:",
     tests=CREDITS_TESTS,
     why="a 200 that is not the API's (a proxy's page) is counted as a charge",
 )
@@ -479,9 +478,8 @@ mutant(
     "credits-answer-costs-one",
     "credits",
     CREDITS,
-    "            spent = self.amount  # the API's answer, "
-    "from a version that does not say the cost",
-    "            spent = 1",
+    "        return amount  # the API's answer, from a version that does not say the cost",
+    "        return 1",
     tests=CREDITS_TESTS,
     why="an answer without x-credits-consumed costs 1, not the unit seen",
 )
@@ -489,10 +487,12 @@ mutant(
     "credits-error-charged",
     "credits",
     CREDITS,
-    "            spent = 0  # an error, or a 200 that is not the API's (a proxy's page)",
-    "            spent = self.amount",
+    "        return amount  # the API's answer, from a version that does not say the cost\n"
+    "    return 0\n",
+    "        return amount  # the API's answer, from a version that does not say the cost\n"
+    "    return amount\n",
     tests=CREDITS_TESTS,
-    why="error answers are counted as charges",
+    why="answers that cost nothing (errors, a proxy's 200) are counted as charges",
 )
 mutant(
     "credits-unanswered-not-uncertain",
@@ -643,26 +643,35 @@ mutant(
     "atomic-no-fsync",
     "atomic",
     ATOMIC,
-    "            f.flush()\n            os.fsync(f.fileno())\n",
-    "            f.flush()\n",
+    "            write_all(fd, data)\n            os.fsync(fd)\n",
+    "            write_all(fd, data)\n",
     tests=ATOMIC_TESTS,
     why="the fsync is dropped from the atomic write",
 )
 mutant(
-    "atomic-no-flush",
+    "atomic-short-write-kept",
     "atomic",
     ATOMIC,
-    "            f.flush()\n            os.fsync(f.fileno())\n",
-    "            os.fsync(f.fileno())\n",
+    "    while view:\n        view = view[os.write(fd, view) :]\n",
+    "    os.write(fd, view)\n",
     tests=ATOMIC_TESTS,
-    why="the buffer is not flushed before the fsync (the fsync syncs nothing)",
+    why="one os.write is taken to write everything: a short write leaves a truncated file",
+)
+mutant(
+    "atomic-fsync-before-write",
+    "atomic",
+    ATOMIC,
+    "            write_all(fd, data)\n            os.fsync(fd)\n",
+    "            os.fsync(fd)\n            write_all(fd, data)\n",
+    tests=ATOMIC_TESTS,
+    why="the file is fsynced before its bytes are written (the fsync syncs nothing)",
 )
 mutant(
     "atomic-no-dir-fsync",
     "atomic",
     ATOMIC,
-    "        raise\n    fsync_dir(folder)\n",
-    "        raise\n",
+    "    for changed_folder in changed:\n        fsync_dir(changed_folder)\n",
+    "",
     tests=ATOMIC_TESTS,
     why="the folder is not flushed after the rename",
 )
@@ -688,8 +697,8 @@ mutant(
     "atomic-temporary-not-hidden",
     "atomic",
     ATOMIC,
-    'tmp = folder / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"',
-    'tmp = folder / f"{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"',
+    'tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_names)}{TEMP_SUFFIX}")',
+    'tmp = os.path.join(folder, f"{name}.{os.getpid()}-{next(_names)}{TEMP_SUFFIX}")',
     tests=ATOMIC_TESTS,
     why="the temporary name is not hidden, so a later run never clears it",
 )
@@ -698,11 +707,28 @@ mutant(
     "atomic",
     ATOMIC,
     "    except BaseException:\n"
-    "        with contextlib.suppress(OSError):\n            tmp.unlink()\n"
-    "        raise\n    fsync_dir(folder)",
-    "    except BaseException:\n        raise\n    fsync_dir(folder)",
+    "        with contextlib.suppress(OSError):\n            os.unlink(tmp)\n        raise\n",
+    "    except BaseException:\n        raise\n",
     tests=ATOMIC_TESTS,
     why="a failed write leaves its temporary file behind",
+)
+mutant(
+    "atomic-new-folders-not-flushed",
+    "atomic",
+    ATOMIC,
+    "    changed = [folder, *ensure_folder(folder, known)]\n",
+    "    ensure_folder(folder, known)\n    changed = [folder]\n",
+    tests=ATOMIC_TESTS,
+    why="the parents of folders a write created are not flushed (a power cut loses the file)",
+)
+mutant(
+    "atomic-group-commit-syncs-nothing",
+    "atomic",
+    ATOMIC,
+    "    if not sync_folder:\n        return changed\n",
+    "    if not sync_folder:\n        return []\n",
+    tests=ATOMIC_TESTS,
+    why="with sync_folder=False no folder is handed back to flush (group commits flush none)",
 )
 mutant(
     "atomic-stale-cleanup-too-wide",
@@ -741,8 +767,8 @@ mutant(
     "manifest-append-no-fsync",
     "manifest",
     MANIFEST,
-    "        f.write(data)\n        f.flush()\n        os.fsync(f.fileno())\n",
-    "        f.write(data)\n        f.flush()\n",
+    "                view = view[written or 0 :]\n            os.fsync(f.fileno())\n",
+    "                view = view[written or 0 :]\n",
     tests=MANIFEST_TESTS,
     why="the fsync is dropped from the manifest append",
 )
@@ -750,16 +776,16 @@ mutant(
     "manifest-append-no-flush",
     "manifest",
     MANIFEST,
-    "        f.write(data)\n        f.flush()\n        os.fsync(f.fileno())\n",
-    "        f.write(data)\n        os.fsync(f.fileno())\n",
+    "                view = view[written or 0 :]\n",
+    "                view = view[len(view) :]\n",
     tests=MANIFEST_TESTS,
-    why="the manifest append is fsynced before its buffer is flushed",
+    why="a short write of the manifest append is taken for a whole one",
 )
 mutant(
     "manifest-new-file-dir-not-synced",
     "manifest",
     MANIFEST,
-    "            if created:\n                fsync_dir(self.path.parent)\n",
+    "                if created:\n                    fsync_dir(self.path.parent)\n",
     "",
     tests=MANIFEST_TESTS,
     why="a new manifest's folder entry is not flushed",
@@ -1336,10 +1362,12 @@ mutant(
     "session-429-no-cooldown",
     "session",
     SESSION,
-    "            await self.limiter.cooldown(pause)\n",
+    "            await self.limiter.rate_limited(\n"
+    "                started=started, pause=pause, retry_after=error.retry_after\n"
+    "            )\n",
     "",
     tests=SESSION_TESTS,
-    why="a 429 pauses nobody: no shared cooldown",
+    why="a 429 is not reported to the limiter: no shared cooldown, nothing learned",
 )
 mutant(
     "session-402-balance-unknown",
@@ -1420,40 +1448,100 @@ mutant(
     why="off by one: the bucket holds one token more than burst (a full window holds N + 1)",
 )
 mutant(
-    "limiter-drain-period-is-per",
+    "limiter-spacing-from-per",
     "limiter",
     LIMITER,
-    "self._bucket = AsyncLimiter(rl.capacity, rl.capacity / rl.rate)",
-    "self._bucket = AsyncLimiter(rl.capacity, rl.per)",
+    "        self._spacing = rl.spacing\n",
+    "        self._spacing = rl.per / rl.requests\n",
     tests=LIMITER_TESTS,
-    why="aiolimiter's time_period given as per: capacity tokens a window, a tiny rate",
+    why="the schedule's spacing is per / requests, not the sustained rate's: no token held back",
+)
+mutant(
+    "limiter-window-without-margin",
+    "limiter",
+    LIMITER,
+    "        self._window = rl.per + rl.spacing\n",
+    "        self._window = rl.per\n",
+    tests=LIMITER_TESTS,
+    why="the start log's window is per, without the spacing of margin for arrival jitter",
+)
+mutant(
+    "limiter-start-log-ignored",
+    "limiter",
+    LIMITER,
+    "                    due = max(slot, self._earliest())\n",
+    "                    due = slot\n",
+    tests=LIMITER_TESTS,
+    why="a waiter starts on its slot without asking the start log (late starts crowd a window)",
 )
 mutant(
     "limiter-cooldown-uncapped",
     "limiter",
     LIMITER,
-    "seconds = min(max(seconds, 0.0), self.rate_limit.max_cooldown)",
-    "seconds = max(seconds, 0.0)",
+    "        if self.rate_limit.max_cooldown is not None:\n"
+    "            seconds = min(seconds, self.rate_limit.max_cooldown)\n",
+    "",
     tests=LIMITER_TESTS,
-    why="a cooldown is not capped at max_cooldown",
+    why="a cooldown is not capped at the (deprecated) max_cooldown when it is set",
 )
 mutant(
     "limiter-cooldown-shortened",
     "limiter",
     LIMITER,
-    "        if until > self._cooldown_until:\n            self._cooldown_until = until",
-    "        self._cooldown_until = until",
+    "        if now + seconds > self._cooldown_until:\n"
+    "            self._cooldown_until = now + seconds\n"
+    "            self._restart(now)\n",
+    "        self._cooldown_until = now + seconds\n        self._restart(now)\n",
     tests=LIMITER_TESTS,
     why="a shorter cooldown replaces a longer one under way",
 )
 mutant(
-    "limiter-cooldown-keeps-tokens",
+    "limiter-cooldown-keeps-slots",
     "limiter",
     LIMITER,
-    "            if self._cooldown_until == cooldown_seen:\n                return",
-    "            return",
+    "            self._cooldown_until = now + seconds\n            self._restart(now)\n",
+    "            self._cooldown_until = now + seconds\n",
     tests=LIMITER_TESTS,
-    why="tokens taken during a cooldown stay valid: every sender held back starts at its end",
+    why="a cooldown does not void the slots handed out: their waiters start during the pause",
+)
+mutant(
+    "limiter-cooldown-keeps-schedule",
+    "limiter",
+    LIMITER,
+    "        self._tat = min(self._tat, now + self._tolerance + self._spacing)\n",
+    "",
+    tests=LIMITER_TESTS,
+    why="a restart leaves the voided slots holding the schedule: sending resumes late",
+)
+mutant(
+    "limiter-strict-late-start-not-pushed",
+    "limiter",
+    LIMITER,
+    "        if rl.strict and starts:\n"
+    "            earliest = max(earliest, starts[-1].time + self._spacing)\n",
+    "",
+    tests=LIMITER_TESTS,
+    why="strict spacing ignored after a late start: the next one comes less than a spacing "
+    "after it",
+)
+mutant(
+    "limiter-give-back-steps-back-any-slot",
+    "limiter",
+    LIMITER,
+    "        if self._last_reserved is not None and self._last_reserved[0] == slot:\n",
+    "        if self._last_reserved is not None:\n",
+    tests=LIMITER_TESTS,
+    why="a slot given back steps the schedule back even when it was not the last one handed "
+    "out: two waiters get the same slot",
+)
+mutant(
+    "limiter-returned-slot-dropped",
+    "limiter",
+    LIMITER,
+    "            heapq.heappush(self._returned, slot)\n",
+    "            pass\n",
+    tests=LIMITER_TESTS,
+    why="a slot given back that is not the last one is dropped instead of handed on",
 )
 mutant(
     "limiter-slack-one-accepted",
@@ -1470,10 +1558,21 @@ mutant(
     "session-retry-takes-no-token",
     "session",
     SESSION_TOKEN,
-    "                await self.limiter.acquire()\n",
-    "                if not attempts.count:\n                    await self.limiter.acquire()\n",
+    "            if not gate.extensions:  # not on the wire: the slot is taken before sending\n",
+    "            if not gate.extensions and not attempts.count:\n",
     tests=("tests/test_quota.py", "tests/test_retries.py"),
-    why="only the first attempt of an image takes a token: retries bypass the quota",
+    why="only the first attempt of an image waits for its slot before sending: retries go out "
+    "at once (the slot is taken after the answer)",
+)
+mutant(
+    "session-limiter-told-the-wait-not-the-start",
+    "session",
+    SESSION_TOKEN,
+    "        started = gate.started if gate.started is not None else state.waiting_since\n",
+    "        started = state.waiting_since\n",
+    tests=("tests/test_quota.py", "tests/test_retries.py"),
+    why="the limiter is told when the attempt began waiting, not when it started: it cannot "
+    "find the start a 429 refused, and learns nothing",
 )
 
 # --- Redis limiter: clipnormals/_redis/limiter.py ---------------------------------------------
@@ -1496,7 +1595,7 @@ mutant(
             "args: list[str | int] = [op, self._emission, self._tolerance, *operands, "
             "int(time.time() * 1e6)]",
         ),
-        ("import math\nimport os\n", "import math\nimport os\nimport time\n"),
+        ("import logging\nimport math\n", "import logging\nimport math\nimport time\n"),
     ),
     tests=REDIS_TESTS,
     why="the script decides on the client's clock (sent along) instead of the server's TIME",
@@ -1576,10 +1675,11 @@ mutant(
     "redis-cooldown-uncapped",
     "redis-limiter",
     REDIS,
-    "seconds = min(max(seconds, 0.0), self.rate_limit.max_cooldown)",
-    "seconds = max(seconds, 0.0)",
+    "        if self.rate_limit.max_cooldown is not None:\n"
+    "            seconds = min(seconds, self.rate_limit.max_cooldown)\n",
+    "",
     tests=REDIS_TESTS,
-    why="a cooldown is not capped at max_cooldown",
+    why="a cooldown is not capped at the (deprecated) max_cooldown when it is set",
     redis=True,
 )
 mutant(
@@ -1606,10 +1706,31 @@ mutant(
     "redis-tolerance-off-by-one",
     "redis-limiter",
     REDIS,
-    "self._tolerance = math.floor((rate_limit.capacity - 1) * _US / rate_limit.rate)",
-    "self._tolerance = math.floor(rate_limit.capacity * _US / rate_limit.rate)",
+    "self._tolerance = math.floor((capacity - 1) * _US / rate_limit.rate)",
+    "self._tolerance = math.floor(capacity * _US / rate_limit.rate)",
     tests=REDIS_TESTS,
     why="GCRA tolerance of capacity spacings instead of capacity - 1: one start too many",
+    redis=True,
+)
+mutant(
+    "redis-strict-with-tolerance",
+    "redis-limiter",
+    REDIS,
+    "        capacity = 1.0 if rate_limit.strict else rate_limit.capacity\n",
+    "        capacity = rate_limit.capacity\n",
+    tests=REDIS_TESTS,
+    why="strict spacing keeps the bucket's slack: slots may come closer than a spacing",
+    redis=True,
+)
+mutant(
+    "redis-give-back-steps-back-any-slot",
+    "redis-limiter",
+    REDIS,
+    "  if tat_after > 0 and num(KEYS[1]) == tat_after then\n",
+    "  if tat_after > 0 then\n",
+    tests=REDIS_TESTS,
+    why="a slot given back steps the schedule back even when it was not the last one handed "
+    "out: the slot after it is handed out twice",
     redis=True,
 )
 mutant(
