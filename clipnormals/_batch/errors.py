@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from .._errors import ClipnormalsError, SendingStoppedError
 
-__all__ = ["BatchInputError", "OutputFolderError", "SendingStoppedError"]  # the last from _errors
+__all__ = [
+    "BatchInputError",
+    "OutputFolderError",
+    "SendingStoppedError",
+    "SharedStateError",
+]  # the last from _errors
 
 
 class BatchInputError(ClipnormalsError):
@@ -17,3 +22,9 @@ class OutputFolderError(ClipnormalsError):
     """The output folder (or the manifest's folder) cannot be written: it is a file, is
     read-only, or sits on a file system that refuses writes. Checked before the first request,
     so nothing was sent."""
+
+
+class SharedStateError(ClipnormalsError):
+    """The Redis server that shares a key's quota and credits between runs cannot be reached,
+    or refused the connection, before the first request: nothing was sent. The message names
+    the server without its password."""

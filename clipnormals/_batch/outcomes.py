@@ -32,7 +32,7 @@ from .._errors import (
     InvalidImageError,
     PermissionDeniedError,
 )
-from .errors import BatchInputError, OutputFolderError, SendingStoppedError
+from .errors import BatchInputError, OutputFolderError, SendingStoppedError, SharedStateError
 from .manifest import ManifestLockedError, RecordStatus
 
 __all__ = [
@@ -59,7 +59,7 @@ class ExitCode(IntEnum):
 
     Example:
         >>> ExitCode.UNAVAILABLE.value, ExitCode.UNAVAILABLE.meaning[:28]
-        (69, 'the server cannot be reached')
+        (69, 'the server, or the Redis ser')
     """
 
     OK = 0
@@ -91,8 +91,8 @@ _MEANINGS: dict[ExitCode, str] = {
     ),
     ExitCode.AUTH: "the server refused the API key (401/403); nothing more was sent",
     ExitCode.UNAVAILABLE: (
-        "the server cannot be reached (sysexits EX_UNAVAILABLE); the images left are "
-        "recorded not_sent"
+        "the server, or the Redis server of --redis-url, cannot be reached (sysexits "
+        "EX_UNAVAILABLE); the images left are recorded not_sent"
     ),
     ExitCode.SOFTWARE: (
         "an internal error (sysexits EX_SOFTWARE); the message says where the full "
@@ -366,6 +366,7 @@ RUN_ERRORS: tuple[tuple[type[ClipnormalsError], ExitCode], ...] = (
     (BatchInputError, ExitCode.USAGE),
     (ManifestLockedError, ExitCode.USAGE),
     (OutputFolderError, ExitCode.CANTCREAT),
+    (SharedStateError, ExitCode.UNAVAILABLE),
 )
 
 
