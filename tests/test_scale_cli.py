@@ -11,13 +11,17 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import redis
 
-from clipnormals._batch.manifest import RecordStatus, read_manifest
+from clipnormals._atomic import TEMP_SUFFIX
+from clipnormals._batch.config import BatchConfig
+from clipnormals._batch.folder import tidy_output_folder
+from clipnormals._batch.manifest import ManifestState, ManifestWriter, RecordStatus, read_manifest
 from clipnormals._batch.plan import make_plan
 from clipnormals._batch.shard import Shard, manifest_paths
 
@@ -417,3 +421,23 @@ def test_normals_shares_the_ledger(redis_url: str, name: str, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "(4 credits left)" in done.stdout
     assert int(state[b"consumed"]) == 1
+
+
+def test_a_shard_leaves_the_fresh_temporaries_of_the_others_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    fresh = out / f".a.png.normals.jpg.1{TEMP_SUFFIX}"  # another shard is writing it
+    stale = out / f".b.png.normals.jpg.2{TEMP_SUFFIX}"  # left by a run killed long ago
+    for path in (fresh, stale):
+        path.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    sharded = BatchConfig(inputs=["in"], output_dir=out, shard=Shard(1, 2))
+    with ManifestWriter(sharded.manifest_path) as writer:
+        tidy_output_folder(sharded, writer, ManifestState(records={}))
+    assert fresh.exists()
+    assert not stale.exists()
+    whole = BatchConfig(inputs=["in"], output_dir=out)  # one run owns the folder
+    with ManifestWriter(whole.manifest_path) as writer:
+        tidy_output_folder(whole, writer, ManifestState(records={}))
+    assert not fresh.exists()
