@@ -117,7 +117,8 @@ _REDIS_URL_HELP = (
 )
 _REDIS_NAME_HELP = (
     "The name the runs share in Redis [default: key- and 16 hex digits of the SHA-256 of the "
-    "API key, so runs on one key share]."
+    "API key, so runs on one key share]. What is shared is kept for a day after its last use: "
+    "after a top-up, give a new name."
 )
 _SHARD_HELP = (
     "Process only shard K of N (1 <= K <= N) of the inputs, so that N runs (machines) can "
