@@ -61,6 +61,7 @@ __all__ = [
     "RateLimitError",
     "SendingStoppedError",
     "ServerError",
+    "SharedStateError",
     "UnexpectedResponseError",
     "parse_retry_after",
     "scrub",
@@ -275,6 +276,12 @@ class CircuitOpenError(APIConnectionError):
     def __init__(self, message: str, *, host: str) -> None:
         super().__init__(message)
         self.host = host
+
+
+class SharedStateError(ClipnormalsError):
+    """The Redis server that shares a key's quota, credits or claims between processes cannot
+    be reached, or failed (``clipnormals.redis``). Raised before the request that needed it is
+    sent. The message names the server without its password."""
 
 
 class InvalidImageError(ClipnormalsError, ValueError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -441,3 +443,88 @@ def test_a_shard_leaves_the_fresh_temporaries_of_the_others_alone(tmp_path: Path
     with ManifestWriter(whole.manifest_path) as writer:
         tidy_output_folder(whole, writer, ManifestState(records={}))
     assert not fresh.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.redis
+@pytest.mark.loopback
+@pytest.mark.slow
+def test_a_redis_server_lost_mid_run_stops_the_batch_with_69(name: str, tmp_path: Path) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs redis-server on the PATH (a server of its own, to stop mid-run)")
+    portraits(tmp_path / "in", 30)
+    port = _free_port()
+    redis_proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        with redis.Redis.from_url(url) as probe:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    probe.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis-server did not start"
+                    time.sleep(0.05)
+        spec = {"key": KEY, "credits": 100, "requests": 4, "per": 1.0, "latency": [0.0, 0.01]}
+        with EmulatorProcess(spec) as server:
+            args = command(
+                "batch",
+                "in",
+                "-o",
+                "out",
+                "--base-url",
+                server.url,
+                "--plain",
+                "-v",
+                "--rate",
+                "4/1",
+                "--redis-url",
+                url,
+                "--redis-name",
+                name,
+            )
+            batch = subprocess.Popen(
+                args,
+                cwd=tmp_path,
+                env=env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            deadline = time.monotonic() + DEADLINE
+            while server.stats()["successes"] < 3:
+                assert batch.poll() is None, batch.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            redis_proc.terminate()
+            redis_proc.wait(timeout=30)
+            stdout, stderr = batch.communicate(timeout=DEADLINE)
+            stats = server.stats()
+    finally:
+        if redis_proc.poll() is None:
+            redis_proc.kill()
+            redis_proc.wait()
+    checked(subprocess.CompletedProcess(args, batch.returncode, stdout, stderr))
+    assert batch.returncode == 69, stdout
+    records = list(read_manifest(tmp_path / "out" / "manifest.jsonl").records.values())
+    statuses = Counter(r.status for r in records)
+    assert len(records) == 30
+    assert statuses[RecordStatus.DONE] == stats["credits_charged"]
+    assert statuses[RecordStatus.DONE] + statuses[RecordStatus.NOT_SENT] == 30
+    assert statuses[RecordStatus.NOT_SENT] > 0
+    unsent = [r for r in records if r.status is RecordStatus.NOT_SENT]
+    assert {r.error_type for r in unsent} == {"SharedStateError"}
+    assert f"127.0.0.1:{port}" in stdout
+    advice = "check --redis-url and the Redis server, then run the same command again"
+    assert stdout.rstrip().endswith(advice)

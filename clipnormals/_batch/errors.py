@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._errors import ClipnormalsError, SendingStoppedError
+from .._errors import ClipnormalsError, SendingStoppedError, SharedStateError
 
 __all__ = [
     "BatchInputError",
@@ -22,9 +22,3 @@ class OutputFolderError(ClipnormalsError):
     """The output folder (or the manifest's folder) cannot be written: it is a file, is
     read-only, or sits on a file system that refuses writes. Checked before the first request,
     so nothing was sent."""
-
-
-class SharedStateError(ClipnormalsError):
-    """The Redis server that shares a key's quota and credits between runs cannot be reached,
-    or refused the connection, before the first request: nothing was sent. The message names
-    the server without its password."""

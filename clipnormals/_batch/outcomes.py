@@ -31,8 +31,9 @@ from .._errors import (
     InsufficientCreditsError,
     InvalidImageError,
     PermissionDeniedError,
+    SharedStateError,
 )
-from .errors import BatchInputError, OutputFolderError, SendingStoppedError, SharedStateError
+from .errors import BatchInputError, OutputFolderError, SendingStoppedError
 from .manifest import ManifestLockedError, RecordStatus
 
 __all__ = [
@@ -138,6 +139,7 @@ class StopReason(StrEnum):
     UNREACHABLE = "unreachable"  # the server could not be reached
     CANNOT_WRITE = "cannot_write"  # an output could not be written (a full disk...)
     INTERRUPTED = "interrupted"  # BatchControl.stop() or abort(): Ctrl-C, SIGTERM
+    SHARED_STATE = "shared_state"  # the Redis server sharing the key could not be reached
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +204,13 @@ STOPS: dict[StopReason, Stop] = {
         not_sent="not sent: the outputs could not be written",
         error_type="OSError",
         advice="make room or fix the output folder's permissions, then run the same command again",
+    ),
+    StopReason.SHARED_STATE: Stop(
+        exit_code=ExitCode.UNAVAILABLE,
+        summary="cannot reach the Redis server that shares the key ({detail})",
+        not_sent="not sent: cannot reach the Redis server that shares the key",
+        error_type="SharedStateError",
+        advice="check --redis-url and the Redis server, then run the same command again",
     ),
     StopReason.INTERRUPTED: Stop(
         exit_code=ExitCode.INTERRUPTED,
@@ -303,6 +312,12 @@ RULES: tuple[Rule, ...] = (
         RecordStatus.NOT_SENT,
         StopReason.UNREACHABLE,
         what="the client stopped trying to connect",
+    ),
+    Rule(
+        SharedStateError,
+        RecordStatus.NOT_SENT,
+        StopReason.SHARED_STATE,
+        what="the Redis server sharing the key failed before the request was sent",
     ),
     Rule(
         APIConnectionError,
