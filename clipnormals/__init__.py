@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         RateLimitError,
         SendingStoppedError,
         ServerError,
+        SharedStateError,
         UnexpectedResponseError,
     )
     from ._images.prepare import ImageSource, PreparedImage, PrepareOptions
@@ -99,6 +100,7 @@ __all__ = [
     "SHLighting",
     "SendingStoppedError",
     "ServerError",
+    "SharedStateError",
     "UnexpectedResponseError",
     "__version__",
     "contact_sheet",
@@ -144,6 +146,7 @@ _LAZY: dict[str, str] = {
     "SHLighting": "._normals.relight",
     "SendingStoppedError": "._errors",
     "ServerError": "._errors",
+    "SharedStateError": "._errors",
     "UnexpectedResponseError": "._errors",
     "contact_sheet": "._normals.sheets",
 }

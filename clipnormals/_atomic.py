@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import time
 from pathlib import Path
 
 __all__ = [
@@ -155,15 +156,23 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporary files a killed run left under ``root``; return how many."""
+def remove_stale_temporaries(root: Path, *, older_than: float = 0.0) -> int:
+    """Delete temporary files a killed run left under ``root``; return how many.
+
+    ``older_than``: leave those modified less than this many seconds ago (another run that
+    shares the folder may be writing them).
+    """
     removed = 0
     if not root.is_dir():
         return 0
+    cutoff = time.time() - older_than
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                path = Path(dirpath, name)
                 with contextlib.suppress(OSError):
-                    Path(dirpath, name).unlink()
+                    if older_than > 0 and path.stat().st_mtime > cutoff:
+                        continue
+                    path.unlink()
                     removed += 1
     return removed

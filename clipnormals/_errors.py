@@ -63,6 +63,7 @@ __all__ = [
     "RateLimitError",
     "SendingStoppedError",
     "ServerError",
+    "SharedStateError",
     "UnexpectedResponseError",
     "parse_retry_after",
     "scrub",
@@ -294,6 +295,12 @@ class CircuitOpenError(APIConnectionError):
         super().__init__(message)
         self.host = host
         self.retry_in = retry_in
+
+
+class SharedStateError(ClipnormalsError):
+    """The Redis server that shares a key's quota, credits or claims between processes cannot
+    be reached, or failed (``clipnormals.redis``). Raised before the request that needed it is
+    sent. The message names the server without its password."""
 
 
 class InvalidImageError(ClipnormalsError, ValueError):

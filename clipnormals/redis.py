@@ -13,6 +13,9 @@ objects with the same ``name`` and hands them to its client:
 - :class:`RedisClaims`: claims by content hash, so that an image met by several processes is
   uploaded once.
 
+A Redis server that cannot be reached or fails raises :class:`~clipnormals.SharedStateError`
+(a :class:`~clipnormals.ClipnormalsError`), before the request that needed it is sent.
+
 The ledger and the claims renew their leases in the background: open them with ``async with``
 (a blocking :class:`~clipnormals.Client` opens the ledger given to it).
 

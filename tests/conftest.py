@@ -15,6 +15,11 @@ from .vtime import VirtualTimeLoop
 
 NO_SERVER = "the Redis tests need a server: set CLIPNORMALS_REDIS_URL or put redis-server on PATH"
 
+# The Redis server for the tests. Taken out of the environment: the clipnormals command reads
+# the same variable (--redis-url's default), and a command a test runs shares nothing through
+# Redis unless the test says so.
+_REDIS_URL = os.environ.pop("CLIPNORMALS_REDIS_URL", None)
+
 # The mutation check (tests/mutants/run.py) and its catalogue are scripts, not tests.
 collect_ignore = ["mutants"]
 
@@ -83,7 +88,7 @@ def _private_server(binary: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    url = os.environ.get("CLIPNORMALS_REDIS_URL")
+    url = _REDIS_URL
     if url:
         yield url
         return

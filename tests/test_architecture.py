@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
         "_batch",
         "_core",
         "_errors",
+        "_redis",
         "_atomic",
         "_images",
         "_normals",

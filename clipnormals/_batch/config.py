@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .shard import Shard
+
 __all__ = ["MANIFEST_NAME", "BatchConfig"]
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -36,6 +38,10 @@ class BatchConfig:
             outputs, which wait on the disk rather than the CPU, are written by up to
             ``max(threads, max_concurrency)`` threads: one per answer in hand.
         cwd: the directory relative inputs are taken from (default: the current one).
+        shard: process only this shard of the inputs (see :class:`Shard`: split by the
+            SHA-256 of each source's bytes); the default manifest becomes
+            ``output_dir / "manifest.shard-K-of-N.jsonl"``, so that the N shards can share
+            one output folder.
         workers: deprecated name of ``threads``.
         strict: deprecated: strictness is the client's option,
             ``AsyncClient(prepare=PrepareOptions(strict=True))``. Until it is removed,
@@ -57,6 +63,7 @@ class BatchConfig:
     flip_y: bool = False
     threads: int = 2
     cwd: Path | None = None
+    shard: Shard | None = None
     workers: int | None = None
     strict: bool | None = None
 
@@ -84,13 +91,21 @@ class BatchConfig:
                 DeprecationWarning,
                 stacklevel=3,
             )
+        if self.shard is not None and self.contact_sheets:
+            raise ValueError(
+                "BatchConfig: contact sheets are drawn over one manifest; a shard (shard=...) "
+                "sees only its own part of the job"
+            )
         if self.threads < 1:
             raise ValueError("BatchConfig.threads must be at least 1")
 
     @property
     def manifest_path(self) -> Path:
         """The manifest's path."""
-        return self.manifest if self.manifest is not None else self.output_dir / MANIFEST_NAME
+        if self.manifest is not None:
+            return self.manifest
+        name = self.shard.manifest_name if self.shard is not None else MANIFEST_NAME
+        return self.output_dir / name
 
     @property
     def any_extras(self) -> bool:

@@ -171,6 +171,7 @@ async def _dry_run(
         output_dir=config.output_dir,
         manifest=config.manifest_path,
         cwd=config.cwd,
+        shard=config.shard,
         threads=config.threads,
         on_hashed=lambda n, total: say(f"hashed {n}/{total} images"),
     )

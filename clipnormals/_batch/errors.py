@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .._errors import ClipnormalsError, SendingStoppedError
+from .._errors import ClipnormalsError, SendingStoppedError, SharedStateError
 
 __all__ = [
     "BatchInputError",
     "ManifestPathError",
     "OutputFolderError",
     "SendingStoppedError",  # from _errors
+    "SharedStateError",  # from _errors
 ]
 
 

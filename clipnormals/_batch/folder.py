@@ -30,6 +30,10 @@ __all__ = ["check_output_file", "check_output_folder", "tidy_output_folder"]
 #: first answer, which would be paid for and lost.
 _PROBE_BYTES = 64 * 1024
 
+# The shards of a job share the output folder: a sharded run leaves the temporary files of the
+# last ten minutes alone, as another shard may be writing them.
+_SHARED_TEMP_AGE = 600.0
+
 
 def _probe(folder: Path, shown: Path) -> None:
     try:
@@ -146,6 +150,7 @@ def check_output_file(path: Path) -> None:
 def tidy_output_folder(config: BatchConfig, writer: ManifestWriter, state: ManifestState) -> None:
     """Remove what a killed run left (temporary files) and compact the manifest when it holds
     superseded or torn lines. Blocking."""
-    remove_stale_temporaries(config.output_dir)
+    older_than = _SHARED_TEMP_AGE if config.shard is not None else 0.0
+    remove_stale_temporaries(config.output_dir, older_than=older_than)
     if state.needs_compaction:
         writer.compact(state)

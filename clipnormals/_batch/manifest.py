@@ -340,10 +340,16 @@ class ManifestWriter:
         <RecordStatus.INVALID: 'invalid'>
     """
 
-    def __init__(self, path: Path, *, output_dir: Path | None = None) -> None:
-        """``output_dir``: the folder the records' outputs are in, locked too (see above)."""
+    def __init__(
+        self, path: Path, *, output_dir: Path | None = None, share_folder: bool = False
+    ) -> None:
+        """``output_dir``: the folder the records' outputs are in, locked too (see above).
+        ``share_folder``: the shards of one job (``--shard``) write into one folder, each with
+        its own manifest: they hold the folder's lock together (shared), and any other run is
+        kept out (it takes the folder's lock alone)."""
         self.path = path
         self.output_dir = output_dir
+        self.share_folder = share_folder
         self._lock_files: list[IO[bytes]] = []
         self._file: IO[bytes] | None = None
         self._queue: list[_Ticket] = []
@@ -371,16 +377,18 @@ class ManifestWriter:
                 self._lock_one(
                     default,
                     f"another run is writing into {self.output_dir} (its lock file is held)",
+                    shared=self.share_folder,
                 )
             except BaseException:
                 self._unlock()
                 raise
 
-    def _lock_one(self, manifest: Path, held: str) -> None:
+    def _lock_one(self, manifest: Path, held: str, *, shared: bool = False) -> None:
         lock_file = manifest.with_name(f".{manifest.name}.lock").open("ab")
         if fcntl is not None:
             try:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                fcntl.flock(lock_file.fileno(), mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock_file.close()
                 raise ManifestLockedError(held) from None

@@ -31,6 +31,7 @@ from .._errors import (
     InsufficientCreditsError,
     InvalidImageError,
     PermissionDeniedError,
+    SharedStateError,
 )
 from .errors import BatchInputError, OutputFolderError, SendingStoppedError
 from .manifest import ManifestLockedError, ManifestWriteError, RecordStatus
@@ -59,7 +60,7 @@ class ExitCode(IntEnum):
 
     Example:
         >>> ExitCode.UNAVAILABLE.value, ExitCode.UNAVAILABLE.meaning[:28]
-        (69, 'the server cannot be reached')
+        (69, 'the server, or the Redis ser')
     """
 
     OK = 0
@@ -91,8 +92,8 @@ _MEANINGS: dict[ExitCode, str] = {
     ),
     ExitCode.AUTH: "the server refused the API key (401/403); nothing more was sent",
     ExitCode.UNAVAILABLE: (
-        "the server cannot be reached (sysexits EX_UNAVAILABLE); the images left are "
-        "recorded not_sent"
+        "the server, or the Redis server of --redis-url, cannot be reached (sysexits "
+        "EX_UNAVAILABLE); the images left are recorded not_sent"
     ),
     ExitCode.SOFTWARE: (
         "an internal error (sysexits EX_SOFTWARE); the message says where the full "
@@ -138,6 +139,7 @@ class StopReason(StrEnum):
     UNREACHABLE = "unreachable"  # the server could not be reached
     CANNOT_WRITE = "cannot_write"  # an output could not be written (a full disk...)
     INTERRUPTED = "interrupted"  # BatchControl.stop() or abort(): Ctrl-C, SIGTERM
+    SHARED_STATE = "shared_state"  # the Redis server sharing the key could not be reached
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +204,13 @@ STOPS: dict[StopReason, Stop] = {
         not_sent="not sent: the outputs could not be written",
         error_type="OSError",
         advice="make room or fix the output folder's permissions, then run the same command again",
+    ),
+    StopReason.SHARED_STATE: Stop(
+        exit_code=ExitCode.UNAVAILABLE,
+        summary="cannot reach the Redis server that shares the key ({detail})",
+        not_sent="not sent: cannot reach the Redis server that shares the key",
+        error_type="SharedStateError",
+        advice="check --redis-url and the Redis server, then run the same command again",
     ),
     StopReason.INTERRUPTED: Stop(
         exit_code=ExitCode.INTERRUPTED,
@@ -305,6 +314,12 @@ RULES: tuple[Rule, ...] = (
         what="the client stopped trying to connect",
     ),
     Rule(
+        SharedStateError,
+        RecordStatus.NOT_SENT,
+        StopReason.SHARED_STATE,
+        what="the Redis server sharing the key failed before the request was sent",
+    ),
+    Rule(
         APIConnectionError,
         RecordStatus.FAILED,
         StopReason.UNREACHABLE,
@@ -367,6 +382,7 @@ RUN_ERRORS: tuple[tuple[type[ClipnormalsError], ExitCode], ...] = (
     (ManifestLockedError, ExitCode.USAGE),
     (OutputFolderError, ExitCode.CANTCREAT),
     (ManifestWriteError, ExitCode.CANTCREAT),
+    (SharedStateError, ExitCode.UNAVAILABLE),
 )
 
 

@@ -28,6 +28,7 @@ from .manifest import (
 )
 from .receipts import read_receipt
 from .records import Records
+from .shard import Shard
 
 __all__ = ["BatchPlan", "make_plan", "output_intact"]
 
@@ -78,6 +79,7 @@ async def make_plan(
     cwd: Path | None = None,
     threads: int = 2,
     on_hashed: Callable[[int, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> BatchPlan:
     """Find the sources, hash them, and decide what each one needs.
 
@@ -88,6 +90,7 @@ async def make_plan(
         cwd: the directory relative paths are taken from.
         threads: worker threads for hashing.
         on_hashed: called as ``on_hashed(done, total)`` while hashing.
+        shard: keep only this shard's sources (every source is hashed to find out).
 
     Raises:
         BatchInputError: an input given directly cannot be used.
@@ -97,7 +100,9 @@ async def make_plan(
     )
     state = await anyio.to_thread.run_sync(read_manifest, manifest)
     hashes = await _hash_all(discovery.files, threads=threads, on_hashed=on_hashed)
-    return await anyio.to_thread.run_sync(lambda: _resolve(discovery, state, hashes, output_dir))
+    return await anyio.to_thread.run_sync(
+        lambda: _resolve(discovery, state, hashes, output_dir, shard)
+    )
 
 
 async def _hash_all(
@@ -152,14 +157,20 @@ def _resolve(
     state: ManifestState,
     hashes: Sequence[bytes | OSError],
     output_dir: Path,
+    shard: Shard | None = None,
 ) -> BatchPlan:
     jobs: dict[bytes, Job] = {}
     records = Records()
     unreadable = [
         records.unreadable(key, path, "NotAnImageFile", reason)
         for key, path, reason in discovery.invalid
+        if shard is None or shard.owns_key(key)
     ]
     for f, digest in zip(discovery.files, hashes, strict=True):
+        if shard is not None and not (
+            shard.owns_key(f.key) if isinstance(digest, OSError) else shard.owns_digest(digest)
+        ):
+            continue
         if isinstance(digest, OSError):
             unreadable.append(
                 records.unreadable(

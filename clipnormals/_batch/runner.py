@@ -185,7 +185,11 @@ class _Runner:
         self.known_folders: set[Path] = set()  # folders known to exist (ensure_folder's cache)
         self.writing = 0  # worker threads writing an upload's outputs, not yet committing
         self.writing_lock = threading.Lock()
-        self.writer = ManifestWriter(config.manifest_path, output_dir=config.output_dir)
+        self.writer = ManifestWriter(
+            config.manifest_path,
+            output_dir=config.output_dir,
+            share_folder=config.shard is not None,
+        )
         self.progress = BatchProgress(rate_limit=client.rate_limit)
         self.failures: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
@@ -218,11 +222,17 @@ class _Runner:
         self.control._attach(lambda: self.request_stop(StopReason.INTERRUPTED), self.abort)
         try:
             with self.run_scope:
+                if config.shard is not None:
+                    # A shard with nothing to do still shows the job's status that it ran.
+                    await anyio.to_thread.run_sync(
+                        partial(config.manifest_path.touch, exist_ok=True)
+                    )
                 plan = self.plan = await make_plan(
                     config.inputs,
                     output_dir=config.output_dir,
                     manifest=config.manifest_path,
                     cwd=config.cwd,
+                    shard=config.shard,
                     threads=config.threads,
                     on_hashed=lambda n, total: self.reporter.phase(Hashed(n, total)),
                 )

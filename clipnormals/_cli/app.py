@@ -28,7 +28,15 @@ from typer.core import TyperArgument, TyperCommand
 
 from .._batch.config import BatchConfig
 from .._batch.outcomes import ExitCode, exit_code_for, exit_code_help
-from .._core.config import API_KEY_ENV, BASE_URL_ENV, check_base_url, resolve_base_url
+from .._batch.shard import Shard
+from .._core.config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    REDIS_URL_ENV,
+    check_base_url,
+    resolve_base_url,
+    resolve_redis_url,
+)
 from .._core.limiter import RateLimit
 from .._errors import ClipnormalsError
 from .._version import __version__
@@ -132,6 +140,25 @@ _BASE_URL_HELP = (
     "plain http only to a loopback host (an emulator); use https for a company proxy."
 )
 _ENV_HELP = "Read the API key from this environment variable."
+_REDIS_URL_HELP = (
+    f"Share the key's quota, 429 cooldown and credits with every other run given the same "
+    f"Redis server and key [default: ${REDIS_URL_ENV}; none: this run alone]. "
+    "redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or unix:///PATH; the password is never "
+    "shown. --max-credits and --reserve then apply to all the runs together. Needs the "
+    "'redis' extra."
+)
+_REDIS_NAME_HELP = (
+    "The name the runs share in Redis [default: key- and 16 hex digits of the SHA-256 of the "
+    "API key, so runs on one key share]. What is shared is kept for a day after its last use: "
+    "after a top-up, give a new name."
+)
+_SHARD_HELP = (
+    "Process only shard K of N (1 <= K <= N) of the inputs, so that N runs (machines) can "
+    "share one input set and one output folder. A source's shard comes from the SHA-256 of its "
+    "bytes: the same on every machine, and identical images always fall in the same shard (so "
+    "each is uploaded once). Each shard writes OUTPUT/manifest.shard-K-of-N.jsonl under its "
+    "own lock; see the whole job with 'clipnormals status OUTPUT'. Give every run the same N."
+)
 _EMULATOR_HELP = (
     "Run against a fresh emulator on a loopback port instead of the API (no key, no network; "
     "synthetic normal maps)."
@@ -169,6 +196,22 @@ def _check_url(base_url: str | None, emulator: bool) -> None:
             check_base_url(resolve_base_url(base_url))
         except ClipnormalsError as exc:
             raise typer.BadParameter(exc.message, param_hint="--base-url") from None
+
+
+def _shard(text: str | None) -> Shard | None:
+    if text is None:
+        return None
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from None
+
+
+def _redis_url(url: str | None) -> str | None:
+    try:
+        return resolve_redis_url(url)
+    except ClipnormalsError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--redis-url") from None
 
 
 def _finish(code: int) -> NoReturn:
@@ -269,6 +312,16 @@ def batch(
     emulator_credits: Annotated[
         int, typer.Option(min=0, help="Credits of the --emulator key.")
     ] = 1000,
+    shard: Annotated[
+        str | None, typer.Option(metavar="K/N", help=_SHARD_HELP, show_default=False)
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help=_REDIS_URL_HELP, show_default=False),
+    ] = None,
+    redis_name: Annotated[
+        str | None, typer.Option(metavar="NAME", help=_REDIS_NAME_HELP, show_default=False)
+    ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request attempt.")] = 60.0,
     threads: Annotated[
         int, typer.Option(min=1, help="Threads for hashing sources and writing outputs.")
@@ -295,6 +348,13 @@ def batch(
     """
     limit = _rate(rate, burst)
     _check_url(base_url, emulator)
+    part = _shard(shard)
+    if part is not None and contact_sheets:
+        raise typer.BadParameter(
+            "contact sheets need the whole job: draw them from one run without --shard",
+            param_hint="--contact-sheets",
+        )
+    shared_url = _redis_url(redis_url)
     if workers is not None:
         say(sys.stderr, "warning: --workers is deprecated: use --threads (the same thing)")
         threads = workers
@@ -308,6 +368,7 @@ def batch(
         flip_x=flip_x,
         flip_y=flip_y,
         threads=threads,
+        shard=part,
     )
     options = ClientOptions(
         rate=limit,
@@ -320,6 +381,8 @@ def batch(
         base_url=base_url,
         emulator=emulator,
         emulator_credits=emulator_credits,
+        redis_url=shared_url,
+        redis_name=redis_name,
     )
     with _one_line_errors():
         if dry_run:
@@ -349,18 +412,30 @@ def normals(
     base_url: Annotated[str | None, typer.Option(help=_BASE_URL_HELP, show_default=False)] = None,
     emulator: Annotated[bool, typer.Option("--emulator", help=_EMULATOR_HELP)] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request attempt.")] = 60.0,
+    rate: Annotated[str, typer.Option(help=_RATE_HELP)] = "60/60",
+    redis_url: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help=_REDIS_URL_HELP, show_default=False),
+    ] = None,
+    redis_name: Annotated[
+        str | None, typer.Option(metavar="NAME", help=_REDIS_NAME_HELP, show_default=False)
+    ] = None,
 ) -> None:
     """Normal map of one image: writes the response JPEG untouched."""
+    limit = _rate(rate, 1)
     _check_url(base_url, emulator)
+    shared_url = _redis_url(redis_url)
     target = output if output is not None else image.with_name(f"{image.name}.normals.jpg")
     options = ClientOptions(
-        rate=RateLimit(),
+        rate=limit,
         concurrency=1,
         timeout=timeout,
         strict=strict,
         api_key_env=api_key_env,
         base_url=base_url,
         emulator=emulator,
+        redis_url=shared_url,
+        redis_name=redis_name,
     )
     with _one_line_errors():
         code = anyio.run(
@@ -404,6 +479,34 @@ def demo(
         except (FileExistsError, ImportError) as exc:
             fail(str(exc))
     _finish(code)
+
+
+@app.command(cls=_Command)
+def status(
+    output: Annotated[
+        Path,
+        typer.Argument(help="The output folder of a batch job.", metavar="OUTPUT"),
+    ],
+) -> None:
+    """The state of a whole batch job: every manifest in OUTPUT, its shards' included.
+
+    Prints each manifest's counts (the latest record of each image), then the job's: images
+    done, not sent, failed and rejected, the credits their outputs cost, and the shards that
+    have not reported yet. Safe while the shards run (no lock is taken; each file is read as
+    it stands). Exits 0 when the job is complete, 1 when images are left or a shard has not
+    reported, 2 when OUTPUT holds no manifest.
+    """
+    from .status import status_lines
+
+    with _one_line_errors():
+        try:
+            lines, complete = status_lines(output)
+        except FileNotFoundError as exc:
+            fail(str(exc))
+    out = Console(soft_wrap=True)
+    for line in lines:
+        say(out, line)
+    _finish(ExitCode.OK if complete else ExitCode.FAILED)
 
 
 app.command("emulator")(emulator_command)

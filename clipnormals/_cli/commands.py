@@ -7,10 +7,11 @@ code, its words, its advice) is looked up in the batch's outcome table, never de
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .._batch.config import BatchConfig
 from .._batch.control import BatchControl
 from .._batch.discover import NotRegularFileError, open_regular
 from .._batch.dryrun import DryRunReport, dry_run
+from .._batch.errors import SharedStateError
 from .._batch.events import BatchReporter
 from .._batch.folder import check_output_file
 from .._batch.outcomes import STOPS, ExitCode, RunContext, classify
@@ -31,8 +33,8 @@ from .._batch.runner import run_batch
 from .._batch.writing import npz_bytes
 from .._core.client import AsyncClient
 from .._core.config import API_KEY_ENV, resolve_api_key
-from .._core.credits import CreditPolicy
-from .._core.limiter import RateLimit
+from .._core.credits import CreditPolicy, Ledger
+from .._core.limiter import Limiter, RateLimit
 from .._core.retry import RetryPolicy
 from .._errors import AuthenticationError, ClipnormalsError
 from .._images.prepare import PrepareOptions
@@ -47,6 +49,7 @@ __all__ = [
     "normals_command",
     "open_client",
     "run_batch_command",
+    "shared_name",
 ]
 
 # A dry run sends nothing, so it needs no key; this one is never sent anywhere.
@@ -68,6 +71,19 @@ class ClientOptions:
     base_url: str | None = None
     emulator: bool = False
     emulator_credits: int = 1000
+    redis_url: str | None = None
+    redis_name: str | None = None
+
+
+def shared_name(key: str) -> str:
+    """The name under which the runs on one key share its quota and credits in Redis:
+    ``key-`` and the first 16 hex digits of the SHA-256 of the key (never the key itself).
+
+    Example:
+        >>> shared_name("example-key")
+        'key-c018c41c1afaf2c0'
+    """
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _read_key(options: ClientOptions) -> str:
@@ -90,14 +106,20 @@ async def open_client(
     builds a client that will send nothing: it needs no key and starts no emulator.
     """
 
+    policy = CreditPolicy(reserve=options.reserve, budget=options.max_credits)
+    shared: tuple[Limiter, Ledger] | None = None
+
     def make(key: str, base_url: str | None) -> AsyncClient:
+        limiter, ledger = shared if shared is not None else (None, None)
         return AsyncClient(
             api_key=key,
             base_url=base_url,
             rate_limit=options.rate,
             max_concurrency=options.concurrency,
             retry=options.retry,
-            credits=CreditPolicy(reserve=options.reserve, budget=options.max_credits),
+            credits=None if ledger is not None else policy,
+            limiter=limiter,
+            ledger=ledger,
             timeout=options.timeout,
             prepare=PrepareOptions(strict=options.strict),
         )
@@ -121,11 +143,48 @@ async def open_client(
         emulator = local_emulator(
             requests=rate.requests, per=rate.per, credits=options.emulator_credits
         )
-        async with emulator as (url, key), make(key, url) as client:
-            yield client
+        async with emulator as (url, key), AsyncExitStack() as stack:
+            if options.redis_url is not None:
+                shared = await _open_shared(stack, options, policy, key)
+            yield await stack.enter_async_context(make(key, url))
         return
-    async with _made(make, _read_key(options), options.base_url) as client:
-        yield client
+    key = _read_key(options)
+    async with AsyncExitStack() as stack:
+        if options.redis_url is not None:
+            shared = await _open_shared(stack, options, policy, key)
+        yield await stack.enter_async_context(_made(make, key, options.base_url))
+
+
+async def _open_shared(
+    stack: AsyncExitStack, options: ClientOptions, policy: CreditPolicy, key: str
+) -> tuple[Limiter, Ledger]:
+    """A limiter and a ledger shared through the Redis server of ``options.redis_url``, under
+    the key's shared name; closed with ``stack``. Reads the ledger once, so that a server that
+    cannot be reached is found before anything is sent.
+
+    Raises:
+        UsageError: the ``redis`` extra is missing, or ``--redis-name`` is not a valid name.
+        SharedStateError: the server cannot be reached or refuses (no password in the words).
+    """
+    try:
+        from .._redis.ledger import RedisLedger
+        from .._redis.limiter import RedisLimiter
+    except ImportError as exc:  # its message names the extra to install
+        raise UsageError(str(exc)) from None
+    name = options.redis_name or shared_name(key)
+    url = options.redis_url
+    try:
+        limiter = RedisLimiter(options.rate, url=url, name=name)
+        stack.push_async_callback(limiter.aclose)
+        ledger = RedisLedger(policy, url=url, name=name)
+    except ValueError as exc:
+        raise UsageError(f"--redis-url/--redis-name: {exc}") from None
+    await stack.enter_async_context(ledger)
+    try:
+        await ledger.refresh()
+    except ClipnormalsError as exc:
+        raise SharedStateError(exc.message) from None
+    return limiter, ledger
 
 
 @asynccontextmanager

@@ -8,7 +8,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import sys
+import urllib.parse
 import urllib.request
 
 import httpx
@@ -20,17 +22,22 @@ __all__ = [
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
     "LOG_ENV",
+    "REDIS_URL_ENV",
     "check_base_url",
     "configure_logging_from_env",
     "is_loopback_host",
     "proxy_environment",
+    "redacted_url",
     "resolve_api_key",
     "resolve_base_url",
+    "resolve_redis_url",
 ]
 
 API_KEY_ENV = "CLIPDROP_API_KEY"
 BASE_URL_ENV = "CLIPDROP_BASE_URL"
 LOG_ENV = "CLIPNORMALS_LOG"
+REDIS_URL_ENV = "CLIPNORMALS_REDIS_URL"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_BASE_URL = "https://clipdrop-api.co"
 
 
@@ -64,6 +71,52 @@ def resolve_base_url(base_url: str | None) -> str:
     if base_url is not None:
         return base_url
     return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+
+def resolve_redis_url(redis_url: str | None) -> str | None:
+    """The Redis URL given, else ``CLIPNORMALS_REDIS_URL``, else ``None`` (nothing shared).
+
+    Raises:
+        ClipnormalsError: the URL is not ``redis://``, ``rediss://`` or ``unix://``; the
+            message shows it without its password (:func:`redacted_url`).
+    """
+    url = redis_url if redis_url is not None else os.environ.get(REDIS_URL_ENV)
+    if url is None or not url.strip():
+        return None
+    url = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ClipnormalsError(
+            f"invalid Redis URL {redacted_url(url)!r}: expected redis://[:password@]host:port/db"
+        ) from None
+    if parts.scheme not in _REDIS_SCHEMES or not (parts.hostname or parts.path):
+        raise ClipnormalsError(
+            f"invalid Redis URL {redacted_url(url)!r}: expected redis://host:port/db, "
+            "rediss://... (TLS) or unix:///path/to/socket"
+        )
+    return url
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with the password of its user part (and a ``password=`` query) as ``***``.
+
+    A user part without a colon is hidden whole: it may be the password.
+
+    Example:
+        >>> redacted_url("redis://:s3cret@cache:6379/0")
+        'redis://:***@cache:6379/0'
+        >>> redacted_url("unix:///run/redis.sock?password=s3cret&db=1")
+        'unix:///run/redis.sock?password=***&db=1'
+    """
+    text = re.sub(r"(?<=://)(?:([^/@:]*):)?[^/@]*@", _redact_userinfo, url)
+    return re.sub(r"(?i)(password=)[^&#]*", r"\1***", text)
+
+
+def _redact_userinfo(match: re.Match[str]) -> str:
+    # user:password@ -> user:***@; a lone token@ may be the password: ***@
+    return f"{match.group(1)}:***@" if match.group(1) is not None else "***@"
 
 
 def is_loopback_host(host: str) -> bool:

@@ -1,5 +1,5 @@
 """One Redis connection as every shared object here uses it: owned or borrowed, bound to one
-process and one event loop, its failures turned into :class:`ClipnormalsError` without the
+process and one event loop, its failures turned into :class:`SharedStateError` without the
 password, each script call under a deadline.
 
 The only importer of redis-py in the package, with the Lua helpers the scripts share.
@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import anyio
 
-from .._errors import ClientClosedError, ClipnormalsError
+from .._errors import ClientClosedError, SharedStateError
 
 try:
     import redis.asyncio as aioredis
@@ -141,17 +141,18 @@ class RedisConnection:
             )
 
     async def run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        """Run ``script``; Redis failures and timeouts become ClipnormalsError."""
+        """Run ``script``; Redis failures and timeouts become :class:`SharedStateError` (a
+        :class:`ClipnormalsError`)."""
         self.check_usable()
         try:
             with anyio.fail_after(self._timeout):
                 return await script(keys=keys, args=args)
         except TimeoutError as exc:
-            raise ClipnormalsError(
+            raise SharedStateError(
                 f"Redis at {self.where} did not answer within {self._timeout:g} s"
             ) from exc
         except RedisError as exc:
-            raise ClipnormalsError(
+            raise SharedStateError(
                 self.scrub(f"Redis at {self.where} failed: {type(exc).__name__}: {exc}")
             ) from exc
 

@@ -386,3 +386,19 @@ def test_an_append_cut_into_short_writes_is_written_whole(
         writer.append([rec("c.png")])
     assert sorted(read_manifest(path).records) == ["a.png", "b.png", "c.png"]
     assert path.read_bytes().count(b"\n") == 3
+
+
+def test_shards_share_the_output_folder_and_keep_any_other_run_out(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    one = ManifestWriter(out / "manifest.shard-1-of-2.jsonl", output_dir=out, share_folder=True)
+    two = ManifestWriter(out / "manifest.shard-2-of-2.jsonl", output_dir=out, share_folder=True)
+    with one, two:
+        with pytest.raises(ManifestLockedError, match="writing into"):
+            ManifestWriter(tmp_path / "elsewhere.jsonl", output_dir=out).__enter__()
+        with pytest.raises(ManifestLockedError):  # the same shard twice
+            ManifestWriter(one.path, output_dir=out, share_folder=True).__enter__()
+    alone = ManifestWriter(tmp_path / "elsewhere.jsonl", output_dir=out)
+    with alone, pytest.raises(ManifestLockedError, match="writing into"):
+        ManifestWriter(
+            out / "manifest.shard-1-of-2.jsonl", output_dir=out, share_folder=True
+        ).__enter__()
