@@ -218,7 +218,7 @@ def main() -> None:
         else:
             cluster = stack.enter_context(
                 distributed.LocalCluster(
-                    n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None
+                    n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0"
                 )
             )
             dask = stack.enter_context(distributed.Client(cluster))
