@@ -161,8 +161,8 @@ def timed(way: Way, source: Sequence[Any], n: int) -> float:
 STEPS = {
     "preparation in a worker thread (anyio.to_thread.run_sync)": ("to_thread.py", "run_sync"),
     "prepare_image (the check itself)": ("prepare.py", "prepare_image"),
-    "response opened by Pillow: _check_image": ("client.py", "_check_image"),
-    "response opened by Pillow: NormalMap._read_size": ("normalmap.py", "_read_size"),
+    "response opened by Pillow: Session._check_image": ("session.py", "_check_image"),
+    "response opened by Pillow: NormalMap._read_header": ("normalmap.py", "_read_header"),
     "Image.open (all callers)": ("Image.py", "open"),
     "credit headers: parse_credit_header": ("credits.py", "parse_credit_header"),
     "retry loop: tenacity AsyncRetrying.__init__": ("asyncio/__init__.py", "__init__"),

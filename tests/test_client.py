@@ -361,3 +361,27 @@ async def test_map_propagates_a_failing_source_iterable() -> None:
         with pytest.raises(OSError, match="disk gone"):
             async for _ in client.map(sources()):
                 pass
+
+
+async def test_an_answer_is_opened_by_pillow_once_and_its_header_carried_to_the_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import Image
+
+    opened: list[int] = []
+    real_open = Image.open
+
+    def counting_open(fp: object, *args: object, **kwargs: object) -> Image.Image:
+        opened.append(1)
+        return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    api = FakeAPI()
+    async with _client(api) as client:
+        source = prepared()  # prepared beforehand: only the answer is opened below
+        monkeypatch.setattr(Image, "open", counting_open)
+        nm = await client.surface_normals(source)
+        monkeypatch.setattr(Image, "open", real_open)
+    assert len(opened) == 1
+    assert nm.size == (32, 24)
+    assert not nm.synthetic
+    assert nm.normals.shape == (24, 32, 3)  # decodes from the bytes as before

@@ -25,7 +25,6 @@ import httpx
 from .._errors import (
     ClipnormalsError,
     InvalidImageError,
-    UnexpectedResponseError,
     scrub,
 )
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
@@ -458,7 +457,7 @@ class AsyncClient:
         prepared = await self._prepared(endpoint, image, name)
         if permit is not None:
             await permit.acquire()  # no further ahead of the consumer than max_concurrency
-        body, headers = await session.send(
+        body, headers, header = await session.send(
             endpoint,
             prepared,
             retry=self.retry,
@@ -466,25 +465,20 @@ class AsyncClient:
             attempts=attempts,
             stop=self._stop,
         )
-        try:
-            result = NormalMap(
-                body,
-                credits_remaining=parse_credit_header(headers, "x-remaining-credits"),
-                credits_consumed=parse_credit_header(headers, "x-credits-consumed"),
-                prepared=prepared,
-                flip_x=self._flip[0],
-                flip_y=self._flip[1],
-                headers=_answer_headers(headers, session.key.reveal()),
-                request_id=_request_id(headers, session.key.reveal()),
-                synthetic=headers.get("x-emulator") == "clipnormals",
-            )
-        except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
-            raise UnexpectedResponseError(
-                f"200 OK but the normal map is unusable: {exc.message}",
-                status_code=200,
-                headers=headers,
-                secret=session.key.reveal(),
-            ) from exc
+        # The session read the image's header when it checked the body: not opened again.
+        result = NormalMap._from_header(
+            body,
+            header.size,
+            header.comment,
+            credits_remaining=parse_credit_header(headers, "x-remaining-credits"),
+            credits_consumed=parse_credit_header(headers, "x-credits-consumed"),
+            prepared=prepared,
+            flip_x=self._flip[0],
+            flip_y=self._flip[1],
+            headers=_answer_headers(headers, session.key.reveal()),
+            request_id=_request_id(headers, session.key.reveal()),
+            synthetic=headers.get("x-emulator") == "clipnormals",
+        )
         return result, attempts.count
 
     async def _prepared(

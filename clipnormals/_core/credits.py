@@ -62,6 +62,7 @@ __all__ = [
     "Reservation",
     "answer_cost",
     "parse_credit_header",
+    "parsed_answer_cost",
 ]
 
 
@@ -140,11 +141,26 @@ def answer_cost(status: int, headers: Mapping[str, str], amount: int) -> int:
         (2, 0)
     """
     consumed = parse_credit_header(headers, "x-credits-consumed")
+    return parsed_answer_cost(status, headers, amount, consumed=consumed, remaining=None)
+
+
+def parsed_answer_cost(
+    status: int,
+    headers: Mapping[str, str],
+    amount: int,
+    *,
+    consumed: int | None,
+    remaining: int | None,
+) -> int:
+    """:func:`answer_cost` for a caller that parsed the credit headers already
+    (``parse_credit_header``); ``remaining`` may be ``None`` when it was not parsed, and is then
+    parsed here if the cost depends on it."""
     if consumed is not None:
         return consumed
+    if remaining is None:
+        remaining = parse_credit_header(headers, "x-remaining-credits")
     if status == 200 and (
-        parse_credit_header(headers, "x-remaining-credits") is not None
-        or headers.get("content-type", "").startswith("image/")
+        remaining is not None or headers.get("content-type", "").startswith("image/")
     ):
         return amount  # the API's answer, from a version that does not say the cost
     return 0
@@ -294,7 +310,9 @@ class Reservation:
         """
         consumed = parse_credit_header(headers, "x-credits-consumed")
         remaining = parse_credit_header(headers, "x-remaining-credits")
-        spent = answer_cost(status, headers, self.amount)
+        spent = parsed_answer_cost(
+            status, headers, self.amount, consumed=consumed, remaining=remaining
+        )
         return self._settle(
             spent=spent, consumed_header=consumed, remaining=remaining, answered=True
         )

@@ -17,6 +17,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,11 +31,12 @@ __all__ = [
     "REQUEST_ID_HEADERS",
     "AnswerTooLargeError",
     "EventHooks",
+    "ImageHeader",
     "build_http_client",
     "describe_transport_error",
     "host_label",
-    "image_body_problem",
     "read_body",
+    "read_image_body",
     "translate",
 ]
 
@@ -173,8 +175,25 @@ def host_label(url: httpx.URL) -> str:
     return f"{url.host}{port}"
 
 
-def image_body_problem(body: bytes) -> str | None:
-    """Why ``body`` is not a complete image, or None. Reads headers only; no full decode."""
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What the header of an answer's image says: read once, when the body is checked, and
+    handed on so that the :class:`~clipnormals.NormalMap` need not open it again.
+
+    Attributes:
+        format: Pillow's format name (``"JPEG"`` for the API's answers).
+        size: (width, height) in pixels.
+        comment: the JPEG comment (COM marker) bytes, ``None`` when there is none.
+    """
+
+    format: str | None
+    size: tuple[int, int]
+    comment: bytes | None
+
+
+def read_image_body(body: bytes) -> ImageHeader | str:
+    """The header of ``body``, or why it is not a complete image (a string). Reads headers
+    only; no full decode."""
     from PIL import Image, UnidentifiedImageError
 
     if not body:
@@ -182,6 +201,8 @@ def image_body_problem(body: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(body)) as im:
             fmt = im.format
+            width, height = im.size
+            comment = im.info.get("comment")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         return f"not a decodable image ({exc})"
     except Image.DecompressionBombError:  # pragma: no cover - size is bounded by the upload
@@ -190,4 +211,8 @@ def image_body_problem(body: bytes) -> str | None:
         return "JPEG without its end marker (truncated)"
     if fmt == "PNG" and b"IEND" not in body[-16:]:
         return "PNG without its end chunk (truncated)"
-    return None
+    return ImageHeader(
+        format=fmt,
+        size=(int(width), int(height)),
+        comment=comment if isinstance(comment, bytes) else None,
+    )

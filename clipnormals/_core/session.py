@@ -38,15 +38,16 @@ from .._errors import (
     UnexpectedResponseError,
 )
 from .circuit import CircuitBreaker
-from .credits import CreditHold, Ledger, parse_credit_header
+from .credits import CreditHold, Ledger
 from .gate import StartGate, StopSignal
 from .http import (
     MAX_MAP_BYTES,
     AnswerTooLargeError,
+    ImageHeader,
     describe_transport_error,
     host_label,
-    image_body_problem,
     read_body,
+    read_image_body,
     translate,
 )
 from .limiter import Limiter
@@ -251,9 +252,9 @@ class Session:
         http_timeout: httpx.Timeout | None,
         attempts: Attempts,
         stop: StopSignal,
-    ) -> tuple[bytes, httpx.Headers]:
+    ) -> tuple[bytes, httpx.Headers, ImageHeader]:
         """Upload ``prepared`` until an answer is a normal map or the retry policy gives up;
-        returns the body and headers of the 200."""
+        returns the body and headers of the 200, and its image's header."""
         last_error: BaseException | None = None
         with self.telemetry.image() as span:
             retrying = retry.retrying(
@@ -286,7 +287,7 @@ class Session:
         span: ImageSpan,
         stop: StopSignal,
         last_error: BaseException | None,
-    ) -> tuple[bytes, httpx.Headers]:
+    ) -> tuple[bytes, httpx.Headers, ImageHeader]:
         """One attempt: a credit reservation, a concurrency slot, the limiter's slot (on the
         wire when the transport allows: see ``gate``), then the exchange.
 
@@ -339,7 +340,7 @@ class Session:
                 if state.probe:
                     self.circuit.probe_done()
         started = gate.started if gate.started is not None else state.waiting_since
-        span.answered(status, parse_credit_header(headers, "x-remaining-credits"))
+        span.answered(status, headers)
         logger.debug(
             "%s: %s %s -> %d in %.3fs (attempt %d)",
             prepared.source_name or "image",
@@ -354,11 +355,11 @@ class Session:
         if status != 429:
             await self.limiter.admitted(started=started)
         if status == 200:
-            self._check_image(headers, body)
+            image = self._check_image(headers, body)
             self.circuit.succeeded()
             counters.successes += 1
             self.rate_limit_streak = 0
-            return body, headers
+            return body, headers, image
         await self._handle_error(status, headers, body, retry, endpoint, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -458,7 +459,7 @@ class Session:
         self.counters.connection_errors += 1
         raise failure
 
-    def _check_image(self, headers: httpx.Headers, body: bytes) -> None:
+    def _check_image(self, headers: httpx.Headers, body: bytes) -> ImageHeader:
         ctype = headers.get("content-type", "")
         if not ctype.lower().startswith("image/"):
             self.counters.other_errors += 1
@@ -469,15 +470,16 @@ class Session:
                 headers=headers,
                 secret=self.key.reveal(),
             )
-        problem = image_body_problem(body)
-        if problem is not None:
+        found = read_image_body(body)
+        if isinstance(found, str):
             # Most likely cut short on the way (a proxy, a reset): worth another attempt. It
             # was charged all the same; the ledger counted it from the headers.
             self.counters.connection_errors += 1
-            message = f"200 OK but the image body is unusable: {problem}"
+            message = f"200 OK but the image body is unusable: {found}"
             if self.circuit.answer_failed(message):
                 raise self.circuit.open_error()
             raise APIConnectionError(message)
+        return found
 
     async def _handle_error(
         self,

@@ -30,11 +30,12 @@ The key is never an attribute: only the host, statuses, counts and times are.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+from .credits import parse_credit_header
 
 if TYPE_CHECKING:
     from .credits import Ledger
@@ -61,11 +62,12 @@ class ImageSpan:
         if self._span is not None and credits:
             self._span.set_attribute("clipnormals.credits.consumed", self.consumed)
 
-    def answered(self, status: int, remaining: int | None) -> None:
-        """An answer arrived (any status)."""
+    def answered(self, status: int, headers: Mapping[str, str]) -> None:
+        """An answer arrived (any status); its credit header is read only for a span."""
         if self._span is None:
             return
         self._span.set_attribute("http.response.status_code", status)
+        remaining = parse_credit_header(headers, "x-remaining-credits")
         if remaining is not None:
             self._span.set_attribute("clipnormals.credits.remaining", remaining)
 
