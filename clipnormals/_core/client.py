@@ -1,6 +1,7 @@
 """The asynchronous client: what a user holds, over the request path in ``session``.
 
-Data flow for one image: prepare (worker thread) -> credit reservation -> concurrency slot ->
+Data flow for one image: prepare (in a worker thread, or on the event loop for image bytes
+small enough: ``_images/header.py``) -> credit reservation -> concurrency slot ->
 limiter token -> HTTP attempt -> (retry: back to the reservation) -> NormalMap. The client
 keeps the per-call settings (retry policy, timeouts, preparation, sign conventions); the
 :class:`~clipnormals._core.session.Session` under it keeps everything one API key and one
@@ -27,6 +28,7 @@ from .._errors import (
     InvalidImageError,
     scrub,
 )
+from .._images.header import small_enough_inline
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
 from .._normals.normalmap import NormalMap
 from .config import check_base_url, configure_logging_from_env, resolve_api_key, resolve_base_url
@@ -401,7 +403,8 @@ class AsyncClient:
         """Prepare ``image`` for upload exactly as :meth:`surface_normals` would; send nothing.
 
         Uses this client's :class:`PrepareOptions` and the endpoint's limits (25,000,000 pixels,
-        30,000,000 bytes, from the API's documentation), in a worker thread. Pass the result to
+        30,000,000 bytes, from the API's documentation), in a worker thread (image bytes of at
+        most 64 KiB declaring at most 65,536 pixels: on the event loop). Pass the result to
         :meth:`surface_normals` or :meth:`map` to upload it without preparing it again.
 
         Raises:
@@ -499,6 +502,10 @@ class AsyncClient:
                     f"({options.max_pixels} pixels, {options.max_bytes} bytes)"
                 )
             return image
+        if isinstance(image, bytes | bytearray) and small_enough_inline(image):
+            # A few kilobytes declaring a few thousand pixels: checking them (the same checks,
+            # the full decode included) costs less than the hop to a worker thread.
+            return prepare_image(image, options=options, name=name)
         return await anyio.to_thread.run_sync(
             partial(prepare_image, image, options=options, name=name),
             limiter=self._session.prep_slots,
