@@ -27,6 +27,7 @@ from .._errors import (
     ClipnormalsError,
     InvalidImageError,
     scrub,
+    scrubber,
 )
 from .._images.header import small_enough_inline
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
@@ -594,10 +595,11 @@ _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorizatio
 def _answer_headers(headers: httpx.Headers, secret: str) -> dict[str, str]:
     """The answer's headers for the user to log: lower-case names, no cookies or credentials,
     and the key scrubbed should a server echo it."""
+    clean = scrubber(secret)
     return {
-        scrub(k.lower(), secret): scrub(v, secret)
+        clean(name): clean(v)
         for k, v in headers.items()
-        if k.lower() not in _PRIVATE_HEADERS
+        if (name := k.lower()) not in _PRIVATE_HEADERS
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -513,7 +514,9 @@ class Session:
         raise error
 
 
+@functools.lru_cache(maxsize=64)
 def _endpoint_url(base: httpx.URL, path: str) -> httpx.URL:
     """``path`` under ``base``, keeping a path prefix and a query the base may have (a
-    gateway's ``?code=...``)."""
+    gateway's ``?code=...``). Cached: parsing a URL costs more than a request's multipart body
+    (``httpx.URL`` is immutable and hashable)."""
     return base.copy_with(path=base.path.rstrip("/") + path)
