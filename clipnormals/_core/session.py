@@ -258,11 +258,24 @@ class Session:
         returns the body and headers of the 200, and its image's header."""
         last_error: BaseException | None = None
         with self.telemetry.image() as span:
+            # The first attempt runs outside tenacity: most succeed, and then no retry loop is
+            # built. A failure is replayed as the loop's first attempt, so the loop decides
+            # about it (retry or not, the wait, the stop) exactly as if it had made it.
+            first_failure: Exception | None = None
+            try:
+                return await self._attempt(
+                    endpoint, prepared, retry, http_timeout, attempts, span, stop, None
+                )
+            except Exception as exc:
+                first_failure = exc
             retrying = retry.retrying(
                 clock=anyio.current_time, started=lambda: attempts.first_started
             )
             async for attempt in retrying:
                 with attempt:
+                    if first_failure is not None:
+                        replayed, first_failure = first_failure, None
+                        raise replayed
                     return await self._attempt(
                         endpoint, prepared, retry, http_timeout, attempts, span, stop, last_error
                     )
