@@ -174,7 +174,7 @@ class Session:
         self.limiter = limiter
         self.slot_on_wire = slot_on_wire  # see gate.py
         self.ledger = ledger
-        self.slots = anyio.Semaphore(max_concurrency)
+        self.slots = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self.prep_slots = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self.counters = _Counters()
         self.rate_limit_streak = 0
@@ -316,7 +316,7 @@ class Session:
             stop.check()
             self.ledger.check_halted()
             self.circuit.check()
-            state = _AttemptState(waiting_since=anyio.current_time())
+            state = _AttemptState(waiting_since=asyncio.get_running_loop().time())
 
             def on_start(started: float) -> None:
                 # The limiter's slot is taken: this attempt starts now, unless it may not.
@@ -355,15 +355,16 @@ class Session:
                     self.circuit.probe_done()
         started = gate.started if gate.started is not None else state.waiting_since
         span.answered(status, headers)
-        logger.debug(
-            "%s: %s %s -> %d in %.3fs (attempt %d)",
-            prepared.source_name or "image",
-            "POST",
-            endpoint.path,
-            status,
-            anyio.current_time() - started,
-            attempts.count,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s: %s %s -> %d in %.3fs (attempt %d)",
+                prepared.source_name or "image",
+                "POST",
+                endpoint.path,
+                status,
+                asyncio.get_running_loop().time() - started,
+                attempts.count,
+            )
         counters = self.counters
         counters.statuses[status] = counters.statuses.get(status, 0) + 1
         if status != 429:
