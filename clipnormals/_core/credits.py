@@ -396,7 +396,7 @@ class CreditLedger:
         self._halted: InsufficientCreditsError | PermissionDeniedError | None = None
         self._uncertain_epoch = 0  # bumped by every unanswered attempt
         self._unreported = 0  # uncertain credits no balance report has covered yet
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return (
@@ -471,6 +471,8 @@ class CreditLedger:
                 # Nothing in flight could give credits back: this is final.
                 raise CreditBudgetError(reason)
             changed = self._changed
+            if changed is None:  # made only when someone waits: most settles wake nobody
+                changed = self._changed = anyio.Event()
             await changed.wait()
 
     def _needs_probe(self) -> bool:
@@ -581,8 +583,9 @@ class CreditLedger:
             self.remaining = reported
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
 
 def _halted_error(cause: InsufficientCreditsError | PermissionDeniedError) -> ClientHaltedError:
