@@ -363,10 +363,12 @@ async def test_map_propagates_a_failing_source_iterable() -> None:
                 pass
 
 
-async def test_an_answer_is_opened_by_pillow_once_and_its_header_carried_to_the_map(
+async def test_an_answer_is_read_once_and_its_header_carried_to_the_map(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from PIL import Image
+
+    import clipnormals._normals.normalmap as normalmap_module
 
     opened: list[int] = []
     real_open = Image.open
@@ -375,13 +377,17 @@ async def test_an_answer_is_opened_by_pillow_once_and_its_header_carried_to_the_
         opened.append(1)
         return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
 
+    def no_second_read(data: bytes) -> object:
+        raise AssertionError("the answer's header was read a second time")
+
     api = FakeAPI()
     async with _client(api) as client:
-        source = prepared()  # prepared beforehand: only the answer is opened below
+        source = prepared()  # prepared beforehand: only the answer is read below
         monkeypatch.setattr(Image, "open", counting_open)
+        monkeypatch.setattr(normalmap_module, "_read_header", no_second_read)
         nm = await client.surface_normals(source)
-        monkeypatch.setattr(Image, "open", real_open)
-    assert len(opened) == 1
+        monkeypatch.undo()
+    assert opened == []  # a plain JPEG answer: its header is read without Pillow
     assert nm.size == (32, 24)
     assert not nm.synthetic
     assert nm.normals.shape == (24, 32, 3)  # decodes from the bytes as before
