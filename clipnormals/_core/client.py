@@ -470,18 +470,22 @@ class AsyncClient:
             stop=self._stop,
         )
         # The session read the image's header when it checked the body: not opened again.
+        # One pass over httpx's headers: each look-up there scans them all. ``items()`` gives
+        # lower-case names and joins repeated ones, as ``headers.get`` would.
+        answer = dict(headers.items())
+        shown = _answer_headers(answer, session.key.reveal())
         result = NormalMap._from_header(
             body,
             header.size,
             header.comment,
-            credits_remaining=parse_credit_header(headers, "x-remaining-credits"),
-            credits_consumed=parse_credit_header(headers, "x-credits-consumed"),
+            credits_remaining=parse_credit_header(answer, "x-remaining-credits"),
+            credits_consumed=parse_credit_header(answer, "x-credits-consumed"),
             prepared=prepared,
             flip_x=self._flip[0],
             flip_y=self._flip[1],
-            headers=_answer_headers(headers, session.key.reveal()),
-            request_id=_request_id(headers, session.key.reveal()),
-            synthetic=headers.get("x-emulator") == "clipnormals",
+            headers=shown,
+            request_id=next((shown[h] for h in REQUEST_ID_HEADERS if h in shown), None),
+            synthetic=answer.get("x-emulator") == "clipnormals",
         )
         return result, attempts.count
 
@@ -592,18 +596,13 @@ def _check_options(
 _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
 
 
-def _answer_headers(headers: httpx.Headers, secret: str) -> dict[str, str]:
+def _answer_headers(headers: Mapping[str, str], secret: str) -> dict[str, str]:
     """The answer's headers for the user to log: lower-case names, no cookies or credentials,
-    and the key scrubbed should a server echo it."""
+    and the key scrubbed should a server echo it. The request id is read from this (scrubbed)
+    mapping."""
     clean = scrubber(secret)
     return {
         clean(name): clean(v)
         for k, v in headers.items()
         if (name := k.lower()) not in _PRIVATE_HEADERS
     }
-
-
-def _request_id(headers: httpx.Headers, secret: str) -> str | None:
-    """The answer's request id, scrubbed like the other headers."""
-    found = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
-    return None if found is None else scrub(found, secret)
