@@ -160,11 +160,14 @@ def timed(way: Way, source: Sequence[Any], n: int) -> float:
 # The steps the client adds to a request, found by name in the profile (inclusive time).
 STEPS = {
     "preparation in a worker thread (anyio.to_thread.run_sync)": ("to_thread.py", "run_sync"),
+    "telemetry: the image span (Telemetry.image)": ("telemetry.py", "image"),
+    "map: memory object stream send": ("memory.py", "send"),
     "prepare_image (the check itself)": ("prepare.py", "prepare_image"),
-    "response opened by Pillow: _check_image": ("client.py", "_check_image"),
-    "response opened by Pillow: NormalMap._read_size": ("normalmap.py", "_read_size"),
+    "answer checked (header read once): Session._check_image": ("session.py", "_check_image"),
+    "answer read again: NormalMap._read_header": ("normalmap.py", "_read_header"),
     "Image.open (all callers)": ("Image.py", "open"),
     "credit headers: parse_credit_header": ("credits.py", "parse_credit_header"),
+    "retry loop: RetryPolicy.retrying": ("retry.py", "retrying"),
     "retry loop: tenacity AsyncRetrying.__init__": ("asyncio/__init__.py", "__init__"),
     "tenacity AsyncRetrying.__iter__ / __anext__": ("asyncio/__init__.py", "__anext__"),
     "limiter: LocalLimiter.acquire": ("limiter.py", "acquire"),

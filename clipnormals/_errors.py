@@ -41,7 +41,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -410,6 +410,30 @@ def scrub(text: str, secret: str | None) -> str:
             text = text.replace(form, "***")
         else:
             text = re.sub(_ALONE.format(re.escape(form)), "***", text)
+    return text
+
+
+def scrubber(secret: str | None) -> Callable[[str], str]:
+    """:func:`scrub` with the forms of ``secret`` worked out once, for many texts.
+
+    Example:
+        >>> scrubber("sk-1/2")("key=sk-1%2F2")
+        'key=***'
+    """
+    if not secret:
+        return _unchanged
+    forms = _secret_forms(secret)
+
+    def scrub_text(text: str) -> str:
+        for form in forms:
+            if form in text:
+                text = text.replace(form, "***")
+        return text
+
+    return scrub_text
+
+
+def _unchanged(text: str) -> str:
     return text
 
 

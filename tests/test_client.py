@@ -361,3 +361,86 @@ async def test_map_propagates_a_failing_source_iterable() -> None:
         with pytest.raises(OSError, match="disk gone"):
             async for _ in client.map(sources()):
                 pass
+
+
+async def test_an_answer_is_read_once_and_its_header_carried_to_the_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import Image
+
+    import clipnormals._normals.normalmap as normalmap_module
+
+    opened: list[int] = []
+    real_open = Image.open
+
+    def counting_open(fp: object, *args: object, **kwargs: object) -> Image.Image:
+        opened.append(1)
+        return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    def no_second_read(data: bytes) -> object:
+        raise AssertionError("the answer's header was read a second time")
+
+    api = FakeAPI()
+    async with _client(api) as client:
+        source = prepared()  # prepared beforehand: only the answer is read below
+        monkeypatch.setattr(Image, "open", counting_open)
+        monkeypatch.setattr(normalmap_module, "_read_header", no_second_read)
+        nm = await client.surface_normals(source)
+        monkeypatch.undo()
+    assert opened == []  # a plain JPEG answer: its header is read without Pillow
+    assert nm.size == (32, 24)
+    assert not nm.synthetic
+    assert nm.normals.shape == (24, 32, 3)  # decodes from the bytes as before
+
+
+async def test_small_image_bytes_are_prepared_on_the_loop_and_still_refused_when_cut_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import anyio.to_thread
+
+    hops: list[object] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(func: object, *args: object, **kwargs: object) -> object:
+        hops.append(func)
+        return await real_run_sync(func, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    api = FakeAPI()
+    whole = png_bytes()
+    async with _client(api) as client:
+        nm = await client.surface_normals(whole)
+        assert hops == []  # checked on the loop: no worker thread
+        for cut in (whole[: len(whole) // 2], whole[:-12], whole[:40]):
+            with pytest.raises(clipnormals.InvalidImageError):
+                await client.surface_normals(cut)
+        assert hops == []
+    assert nm.size == (32, 24)
+    assert len(api.arrivals) == 1  # only the whole image was sent
+    assert api.bodies[0].count(whole) == 1
+    assert client.credits.reserved == 0
+
+
+async def test_image_bytes_declaring_many_pixels_are_prepared_in_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    import anyio.to_thread
+    from PIL import Image
+
+    hops: list[object] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(func: object, *args: object, **kwargs: object) -> object:
+        hops.append(func)
+        return await real_run_sync(func, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    buffer = io.BytesIO()
+    Image.new("L", (1200, 1000)).save(buffer, format="PNG")  # a few kB, 1.2 million pixels
+    api = FakeAPI()
+    async with _client(api) as client:
+        prepared_here = await client.prepare(buffer.getvalue())
+    assert prepared_here.size == (1200, 1000)
+    assert len(hops) == 1

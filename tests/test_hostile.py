@@ -234,3 +234,71 @@ def test_map_on_a_client_whose_event_loop_ended_raises_at_once() -> None:
     asyncio.run(once())
     with pytest.raises(clipnormals.ClientClosedError, match="event loop"):
         client.map([prepared()])
+
+
+def _jpeg_variants() -> list[bytes]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    rgb = Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8))
+    out = []
+    for image, params in [
+        (rgb, {}),
+        (rgb, {"progressive": True}),
+        (rgb, {"comment": b"clipnormals emulator: synthetic map"}),
+        (rgb, {"quality": 100, "subsampling": 0}),
+        (rgb.convert("L"), {}),
+        (rgb.convert("CMYK"), {}),
+        (rgb, {"exif": b"Exif\x00\x00" + bytes(40)}),
+        (rgb, {"dpi": (300, 300), "optimize": True}),
+    ]:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", **params)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_the_answer_header_reader_vouches_only_for_what_pillow_opens_the_same() -> None:
+    """The request path reads a plain JPEG answer's header itself instead of opening it with
+    Pillow; whenever it vouches for a body (intact, cut short or with bytes changed anywhere),
+    Pillow must open that body with the same size and comment, and the file must end in EOI."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from clipnormals._core.http import _plain_jpeg_header, read_image_body
+
+    rng = random.Random(13)
+    vouched = refused = 0
+    for original in _jpeg_variants():
+        bodies = [original]
+        bodies += [original[:cut] for cut in range(0, len(original), 7)]
+        for _ in range(300):
+            mutated = bytearray(original)
+            for _ in range(rng.randint(1, 3)):
+                where = rng.randrange(min(len(mutated), 700))  # the headers live up front
+                mutated[where] = rng.randrange(256)
+            bodies.append(bytes(mutated))
+        for body in bodies:
+            header = _plain_jpeg_header(body)
+            if header is None:
+                refused += 1
+                continue
+            vouched += 1
+            with Image.open(io.BytesIO(body)) as image:
+                assert image.format == "JPEG"
+                assert image.size == header.size
+                assert image.info.get("comment") == header.comment
+            assert body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
+            assert read_image_body(body) == header
+    assert vouched > 100  # the plain answers and many harmless mutations take the fast path
+    assert refused > 100  # cut and broken ones go to Pillow, which decides as before
+    # The emulator's label and a plain answer are read without Pillow.
+    labelled = _jpeg_variants()[2]
+    found = _plain_jpeg_header(labelled)
+    assert found is not None
+    assert found.comment == b"clipnormals emulator: synthetic map"

@@ -987,3 +987,63 @@ def test_a_converted_png_of_exactly_max_bytes_is_kept_as_it_is() -> None:
     prepared = prepare_image(encode(image, "BMP"), options=options)
     assert prepared.changes == ("converted-from-BMP",)  # not optimized, not "re-encoded"
     assert prepared.data == fast_png
+
+
+# --- the header's declared size, which decides where the async client prepares ---------------
+
+
+def _encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "params"),
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("JPEG", {"exif": b"Exif\x00\x00" + bytes(200), "comment": b"x" * 300}),
+    ],
+)
+def test_declared_pixels_reads_the_header_of_png_and_jpeg(fmt: str, params: dict[str, Any]) -> None:
+    from clipnormals._images.header import declared_pixels
+
+    data = _encoded(Image.new("RGB", (97, 61), (10, 200, 30)), fmt, **params)
+    assert declared_pixels(data) == 97 * 61
+    assert declared_pixels(bytearray(data)) == 97 * 61
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n",  # a signature and nothing else
+        b"\xff\xd8\xff\xda\x00\x02",  # a scan before any frame header
+        b"\xff\xd8\x00\x00\x00\x00",  # not a marker where one must be
+        b"GIF89a" + bytes(20),  # a format this reader does not follow
+    ],
+)
+def test_declared_pixels_is_none_when_the_header_cannot_be_followed(data: bytes) -> None:
+    from clipnormals._images.header import declared_pixels
+
+    assert declared_pixels(data) is None
+
+
+def test_small_enough_inline_goes_by_the_declared_pixels_not_the_byte_count() -> None:
+    from clipnormals._images.header import INLINE_MAX_BYTES, INLINE_MAX_PIXELS, small_enough_inline
+
+    small = _encoded(Image.new("RGB", (96, 120)), "PNG")
+    assert small_enough_inline(small)
+    # A few kilobytes declaring 25 million pixels: one colour compresses to almost nothing.
+    huge = _encoded(Image.new("L", (5000, 5000)), "PNG")
+    assert len(huge) <= INLINE_MAX_BYTES
+    assert not small_enough_inline(huge)
+    just_over = _encoded(Image.new("L", (INLINE_MAX_PIXELS + 1, 1)), "PNG")
+    assert not small_enough_inline(just_over)
+    noisy = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    large_file = _encoded(Image.fromarray(noisy), "PNG")
+    assert len(large_file) > INLINE_MAX_BYTES
+    assert not small_enough_inline(large_file)
+    assert not small_enough_inline(_encoded(Image.new("RGB", (8, 8)), "WEBP"))

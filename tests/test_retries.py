@@ -321,3 +321,49 @@ async def test_a_402_tells_the_ledger_the_balance_is_zero() -> None:
             await client.surface_normals(prepared())
         assert client.credits.remaining == 0
         assert client.halted
+
+
+async def test_the_retry_loop_is_built_only_after_a_failed_first_attempt_and_decides_as_before(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    built: list[int] = []
+    real_retrying = clipnormals.RetryPolicy.retrying
+
+    def counting_retrying(self: clipnormals.RetryPolicy, **kwargs: object) -> object:
+        built.append(1)
+        return real_retrying(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clipnormals.RetryPolicy, "retrying", counting_retrying)
+    caplog.set_level("INFO", logger="clipnormals")
+
+    api = FakeAPI()
+    async with _client(api) as client:
+        async for item in client.map([prepared(seed=i) for i in range(3)]):
+            assert item.ok
+            assert item.attempts == 1
+    assert built == []  # three first attempts that succeeded: no retry loop at all
+
+    # A retried failure: the replayed first attempt is waited for and counted as before.
+    api = FakeAPI(script=[error(503, "busy", **{"retry-after": "3"})])
+    async with _client(api) as client:
+        nm = await client.surface_normals(prepared())
+    first, second = api.arrivals
+    assert 3.0 <= second - first < 3.1
+    assert nm.credits_remaining is not None
+    assert built == [1]
+    assert any("attempt 1 failed" in r.getMessage() for r in caplog.records)
+
+    # Not retryable: raised as it came, one request, no second attempt.
+    api = FakeAPI(script=[error(400, "bad input")])
+    async with _client(api) as client:
+        with pytest.raises(clipnormals.BadRequestError, match="bad input"):
+            await client.surface_normals(prepared())
+    assert len(api.arrivals) == 1
+
+    # Out of attempts: the last error, after exactly ``attempts`` requests.
+    api = FakeAPI(script=[error(502, "down")] * 5)
+    policy = clipnormals.RetryPolicy(attempts=2, initial=0.5)
+    async with _client(api, retry=policy) as client:
+        with pytest.raises(clipnormals.ServerError, match="down"):
+            await client.surface_normals(prepared())
+    assert len(api.arrivals) == 2

@@ -264,3 +264,30 @@ async def test_an_echoing_server_on_a_real_socket_leaks_nothing(status: int) -> 
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+async def test_a_200_echoing_the_key_in_its_headers_is_scrubbed_in_every_form() -> None:
+    from .fakeapi import normal_map_jpeg
+
+    forms = [CANARY, json.dumps(CANARY)[1:-1], urllib.parse.quote(CANARY, safe="")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            content=normal_map_jpeg(32, 24),
+            headers={
+                "content-type": "image/jpeg",
+                "x-request-id": f"req-{forms[2]}",
+                "x-echo": " ".join(forms),
+                f"x-{forms[2]}": "1",
+            },
+        )
+
+    async with clipnormals.AsyncClient(
+        api_key=CANARY, transport=httpx.MockTransport(handler)
+    ) as client:
+        nm = await client.surface_normals(prepared())
+    shown = [*nm.headers, *nm.headers.values(), nm.request_id or ""]
+    assert [s for s in shown if any(form in s for form in forms)] == []
+    assert nm.headers["x-echo"] == "*** *** ***"
+    assert nm.request_id == "req-***"

@@ -140,3 +140,35 @@ async def test_the_span_counts_every_charge_of_the_image(otel: Telemetry) -> Non
         await client.surface_normals(prepared())
     (span,) = otel.finished()
     assert dict(span.attributes or {})["clipnormals.credits.consumed"] == 2
+
+
+async def test_the_image_span_is_current_during_the_request_unless_nothing_is_traced() -> None:
+    """A sampled-out span still gets its own context, which the request carries; without any
+    tracing configured the caller's context is left as it is (there is nothing to carry)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    seen: list[trace.SpanContext] = []
+
+    api = FakeAPI()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(trace.get_current_span().get_span_context())
+        return await api.handle(request)
+
+    sampled_out = TracerProvider(sampler=ALWAYS_OFF)
+    outer = trace.get_current_span().get_span_context()
+    async with clipnormals.AsyncClient(
+        api_key=KEY, transport=httpx.MockTransport(handler), tracer_provider=sampled_out
+    ) as client:
+        await client.surface_normals(prepared())
+    assert seen[-1].is_valid  # the sampled-out image span was current
+    assert seen[-1] != outer
+    async with clipnormals.AsyncClient(
+        api_key=KEY,
+        transport=httpx.MockTransport(handler),
+        tracer_provider=trace.NoOpTracerProvider(),
+    ) as client:
+        await client.surface_normals(prepared())
+    assert seen[-1] == outer
+    sampled_out.shutdown()

@@ -1,6 +1,7 @@
 """The asynchronous client: what a user holds, over the request path in ``session``.
 
-Data flow for one image: prepare (worker thread) -> credit reservation -> concurrency slot ->
+Data flow for one image: prepare (in a worker thread, or on the event loop for image bytes
+small enough: ``_images/header.py``) -> credit reservation -> concurrency slot ->
 limiter token -> HTTP attempt -> (retry: back to the reservation) -> NormalMap. The client
 keeps the per-call settings (retry policy, timeouts, preparation, sign conventions); the
 :class:`~clipnormals._core.session.Session` under it keeps everything one API key and one
@@ -28,9 +29,10 @@ from .._errors import (
     CircuitOpenError,
     ClipnormalsError,
     InvalidImageError,
-    UnexpectedResponseError,
     scrub,
+    scrubber,
 )
+from .._images.header import small_enough_inline
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
 from .._normals.normalmap import NormalMap
 from .config import check_base_url, configure_logging_from_env, resolve_api_key, resolve_base_url
@@ -409,7 +411,8 @@ class AsyncClient:
         """Prepare ``image`` for upload exactly as :meth:`surface_normals` would; send nothing.
 
         Uses this client's :class:`PrepareOptions` and the endpoint's limits (25,000,000 pixels,
-        30,000,000 bytes, from the API's documentation), in a worker thread. Pass the result to
+        30,000,000 bytes, from the API's documentation), in a worker thread (image bytes of at
+        most 64 KiB declaring at most 65,536 pixels: on the event loop). Pass the result to
         :meth:`surface_normals` or :meth:`map` to upload it without preparing it again.
 
         Raises:
@@ -469,7 +472,7 @@ class AsyncClient:
         prepared = await self._prepared(endpoint, image, name)
         if permit is not None:
             await permit.acquire()  # no further ahead of the consumer than max_concurrency
-        body, headers = await session.send(
+        body, headers, header = await session.send(
             endpoint,
             prepared,
             retry=self.retry,
@@ -477,25 +480,24 @@ class AsyncClient:
             attempts=attempts,
             stop=self._stop,
         )
-        try:
-            result = NormalMap(
-                body,
-                credits_remaining=parse_credit_header(headers, "x-remaining-credits"),
-                credits_consumed=parse_credit_header(headers, "x-credits-consumed"),
-                prepared=prepared,
-                flip_x=self._flip[0],
-                flip_y=self._flip[1],
-                headers=_answer_headers(headers, session.key.reveal()),
-                request_id=_request_id(headers, session.key.reveal()),
-                synthetic=headers.get("x-emulator") == "clipnormals",
-            )
-        except InvalidImageError as exc:  # the server's image, not the user's: not "invalid input"
-            raise UnexpectedResponseError(
-                f"200 OK but the normal map is unusable: {exc.message}",
-                status_code=200,
-                headers=headers,
-                secret=session.key.reveal(),
-            ) from exc
+        # The session read the image's header when it checked the body: not opened again.
+        # One pass over httpx's headers: each look-up there scans them all. ``items()`` gives
+        # lower-case names and joins repeated ones, as ``headers.get`` would.
+        answer = dict(headers.items())
+        shown = _answer_headers(answer, session.key.reveal())
+        result = NormalMap._from_header(
+            body,
+            header.size,
+            header.comment,
+            credits_remaining=parse_credit_header(answer, "x-remaining-credits"),
+            credits_consumed=parse_credit_header(answer, "x-credits-consumed"),
+            prepared=prepared,
+            flip_x=self._flip[0],
+            flip_y=self._flip[1],
+            headers=shown,
+            request_id=next((shown[h] for h in REQUEST_ID_HEADERS if h in shown), None),
+            synthetic=answer.get("x-emulator") == "clipnormals",
+        )
         return result, attempts.count
 
     async def _prepared(
@@ -516,6 +518,10 @@ class AsyncClient:
                     f"({options.max_pixels} pixels, {options.max_bytes} bytes)"
                 )
             return image
+        if isinstance(image, bytes | bytearray) and small_enough_inline(image):
+            # A few kilobytes declaring a few thousand pixels: checking them (the same checks,
+            # the full decode included) costs less than the hop to a worker thread.
+            return prepare_image(image, options=options, name=name)
         return await anyio.to_thread.run_sync(
             partial(prepare_image, image, options=options, name=name),
             limiter=self._session.prep_slots,
@@ -629,17 +635,13 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
 
 
-def _answer_headers(headers: httpx.Headers, secret: str) -> dict[str, str]:
+def _answer_headers(headers: Mapping[str, str], secret: str) -> dict[str, str]:
     """The answer's headers for the user to log: lower-case names, no cookies or credentials,
-    and the key scrubbed should a server echo it."""
+    and the key scrubbed should a server echo it. The request id is read from this (scrubbed)
+    mapping."""
+    clean = scrubber(secret)
     return {
-        scrub(k.lower(), secret): scrub(v, secret)
+        clean(name): clean(v)
         for k, v in headers.items()
-        if k.lower() not in _PRIVATE_HEADERS
+        if (name := k.lower()) not in _PRIVATE_HEADERS
     }
-
-
-def _request_id(headers: httpx.Headers, secret: str) -> str | None:
-    """The answer's request id, scrubbed like the other headers."""
-    found = next((headers[h] for h in REQUEST_ID_HEADERS if h in headers), None)
-    return None if found is None else scrub(found, secret)

@@ -62,6 +62,7 @@ __all__ = [
     "Reservation",
     "answer_cost",
     "parse_credit_header",
+    "parsed_answer_cost",
 ]
 
 
@@ -140,11 +141,26 @@ def answer_cost(status: int, headers: Mapping[str, str], amount: int) -> int:
         (2, 0)
     """
     consumed = parse_credit_header(headers, "x-credits-consumed")
+    return parsed_answer_cost(status, headers, amount, consumed=consumed, remaining=None)
+
+
+def parsed_answer_cost(
+    status: int,
+    headers: Mapping[str, str],
+    amount: int,
+    *,
+    consumed: int | None,
+    remaining: int | None,
+) -> int:
+    """:func:`answer_cost` for a caller that parsed the credit headers already
+    (``parse_credit_header``); ``remaining`` may be ``None`` when it was not parsed, and is then
+    parsed here if the cost depends on it."""
     if consumed is not None:
         return consumed
+    if remaining is None:
+        remaining = parse_credit_header(headers, "x-remaining-credits")
     if status == 200 and (
-        parse_credit_header(headers, "x-remaining-credits") is not None
-        or headers.get("content-type", "").startswith("image/")
+        remaining is not None or headers.get("content-type", "").startswith("image/")
     ):
         return amount  # the API's answer, from a version that does not say the cost
     return 0
@@ -294,7 +310,9 @@ class Reservation:
         """
         consumed = parse_credit_header(headers, "x-credits-consumed")
         remaining = parse_credit_header(headers, "x-remaining-credits")
-        spent = answer_cost(status, headers, self.amount)
+        spent = parsed_answer_cost(
+            status, headers, self.amount, consumed=consumed, remaining=remaining
+        )
         return self._settle(
             spent=spent, consumed_header=consumed, remaining=remaining, answered=True
         )
@@ -378,7 +396,7 @@ class CreditLedger:
         self._halted: InsufficientCreditsError | PermissionDeniedError | None = None
         self._uncertain_epoch = 0  # bumped by every unanswered attempt
         self._unreported = 0  # uncertain credits no balance report has covered yet
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return (
@@ -453,6 +471,8 @@ class CreditLedger:
                 # Nothing in flight could give credits back: this is final.
                 raise CreditBudgetError(reason)
             changed = self._changed
+            if changed is None:  # made only when someone waits: most settles wake nobody
+                changed = self._changed = anyio.Event()
             await changed.wait()
 
     def _needs_probe(self) -> bool:
@@ -563,8 +583,9 @@ class CreditLedger:
             self.remaining = reported
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
 
 def _halted_error(cause: InsufficientCreditsError | PermissionDeniedError) -> ClientHaltedError:

@@ -17,6 +17,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,11 +31,12 @@ __all__ = [
     "REQUEST_ID_HEADERS",
     "AnswerTooLargeError",
     "EventHooks",
+    "ImageHeader",
     "build_http_client",
     "describe_transport_error",
     "host_label",
-    "image_body_problem",
     "read_body",
+    "read_image_body",
     "translate",
 ]
 
@@ -185,15 +187,41 @@ def host_label(url: httpx.URL) -> str:
     return f"{url.host}{port}"
 
 
-def image_body_problem(body: bytes) -> str | None:
-    """Why ``body`` is not a complete image, or None. Reads headers only; no full decode."""
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What the header of an answer's image says: read once, when the body is checked, and
+    handed on so that the :class:`~clipnormals.NormalMap` need not open it again.
+
+    Attributes:
+        format: Pillow's format name (``"JPEG"`` for the API's answers).
+        size: (width, height) in pixels.
+        comment: the JPEG comment (COM marker) bytes, ``None`` when there is none.
+    """
+
+    format: str | None
+    size: tuple[int, int]
+    comment: bytes | None
+
+
+def read_image_body(body: bytes) -> ImageHeader | str:
+    """The header of ``body``, or why it is not a complete image (a string). Reads headers
+    only; no full decode.
+
+    A plain baseline or progressive JPEG (the API's answer) is read here; anything else, and
+    any JPEG this reader does not vouch for, is opened by Pillow.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not body:
         return "empty body"
+    plain = _plain_jpeg_header(body)
+    if plain is not None:
+        return plain
     try:
         with Image.open(io.BytesIO(body)) as im:
             fmt = im.format
+            width, height = im.size
+            comment = im.info.get("comment")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         return f"not a decodable image ({exc})"
     except Image.DecompressionBombError:  # pragma: no cover - size is bounded by the upload
@@ -202,4 +230,68 @@ def image_body_problem(body: bytes) -> str | None:
         return "JPEG without its end marker (truncated)"
     if fmt == "PNG" and b"IEND" not in body[-16:]:
         return "PNG without its end chunk (truncated)"
+    return ImageHeader(
+        format=fmt,
+        size=(int(width), int(height)),
+        comment=comment if isinstance(comment, bytes) else None,
+    )
+
+
+# JPEG segments of a plain answer: APP0, DQT, DHT, DRI, COM and a baseline, extended or
+# progressive frame; any other marker sends the body to Pillow.
+_APP0, _DQT, _DHT, _DRI, _COM, _SOS, _EOI = 0xE0, 0xDB, 0xC4, 0xDD, 0xFE, 0xDA, 0xD9
+_PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+
+
+def _plain_jpeg_header(body: bytes) -> ImageHeader | None:
+    """The header of a JPEG made only of segments whose reading Pillow cannot refuse (JFIF
+    APP0, well-formed quantization tables, Huffman tables, restart intervals, comments, one
+    8-bit frame of 1, 3 or 4 components within Pillow's pixel limit, then a scan) that ends with
+    its EOI marker; ``None`` for anything else, which Pillow then opens."""
+    from PIL import Image
+
+    end = len(body)
+    if end < 4 or body[0] != 0xFF or body[1] != 0xD8:
+        return None
+    if not body.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return None
+    pos = 2
+    size: tuple[int, int] | None = None
+    comment: bytes | None = None
+    while pos + 4 <= end:
+        if body[pos] != 0xFF:
+            return None
+        marker = body[pos + 1]
+        length = (body[pos + 2] << 8) | body[pos + 3]
+        start, stop = pos + 4, pos + 2 + length
+        if length < 2 or stop > end:
+            return None
+        if marker == _SOS:
+            if size is None:
+                return None
+            return ImageHeader(format="JPEG", size=size, comment=comment)
+        if marker in _PLAIN_FRAMES:
+            if size is not None or length < 8:
+                return None
+            height = (body[start + 1] << 8) | body[start + 2]
+            width = (body[start + 3] << 8) | body[start + 4]
+            if body[start] != 8 or body[start + 5] not in (1, 3, 4):
+                return None
+            if not (width and height) or width * height > (Image.MAX_IMAGE_PIXELS or 0):
+                return None  # Pillow's own limits decide
+            size = (width, height)
+        elif marker == _COM:
+            comment = bytes(body[start:stop])
+        elif marker == _DQT:
+            table = start
+            while table < stop:
+                table += 1 + (64 if body[table] < 16 else 128)
+            if table != stop:
+                return None
+        elif marker == _APP0:
+            if length < 14 or body[start : start + 4] != b"JFIF":
+                return None
+        elif marker not in (_DHT, _DRI):
+            return None
+        pos = stop
     return None

@@ -284,8 +284,10 @@ class _Pump(Generic[S]):
         # A fixed pool of workers, not a task per image: cheaper per image, and the pool size
         # is the bound on sources and results alive at once.
         sources = _Sources(self._sources)
-        turn = anyio.Lock()
-        gate = anyio.Semaphore(self._uploads)
+        # Taken at once when free, without a trip through the event loop (a cancellation is
+        # still delivered): the source iterator and the workers' sends yield already.
+        turn = anyio.Lock(fast_acquire=True)
+        gate = anyio.Semaphore(self._uploads, fast_acquire=True)
         try:
             async with send, anyio.create_task_group() as tg:
                 for _ in range(self._depth):

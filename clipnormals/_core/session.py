@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -38,15 +39,16 @@ from .._errors import (
     UnexpectedResponseError,
 )
 from .circuit import CircuitBreaker
-from .credits import CreditHold, Ledger, parse_credit_header
+from .credits import CreditHold, Ledger
 from .gate import StartGate, StopSignal
 from .http import (
     MAX_MAP_BYTES,
     AnswerTooLargeError,
+    ImageHeader,
     describe_transport_error,
     host_label,
-    image_body_problem,
     read_body,
+    read_image_body,
     translate,
 )
 from .limiter import Limiter
@@ -172,7 +174,7 @@ class Session:
         self.limiter = limiter
         self.slot_on_wire = slot_on_wire  # see gate.py
         self.ledger = ledger
-        self.slots = anyio.Semaphore(max_concurrency)
+        self.slots = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self.prep_slots = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self.counters = _Counters()
         self.rate_limit_streak = 0
@@ -251,16 +253,29 @@ class Session:
         http_timeout: httpx.Timeout | None,
         attempts: Attempts,
         stop: StopSignal,
-    ) -> tuple[bytes, httpx.Headers]:
+    ) -> tuple[bytes, httpx.Headers, ImageHeader]:
         """Upload ``prepared`` until an answer is a normal map or the retry policy gives up;
-        returns the body and headers of the 200."""
+        returns the body and headers of the 200, and its image's header."""
         last_error: BaseException | None = None
         with self.telemetry.image() as span:
+            # The first attempt runs outside tenacity: most succeed, and then no retry loop is
+            # built. A failure is replayed as the loop's first attempt, so the loop decides
+            # about it (retry or not, the wait, the stop) exactly as if it had made it.
+            first_failure: Exception | None = None
+            try:
+                return await self._attempt(
+                    endpoint, prepared, retry, http_timeout, attempts, span, stop, None
+                )
+            except Exception as exc:
+                first_failure = exc
             retrying = retry.retrying(
                 clock=anyio.current_time, started=lambda: attempts.first_started
             )
             async for attempt in retrying:
                 with attempt:
+                    if first_failure is not None:
+                        replayed, first_failure = first_failure, None
+                        raise replayed
                     return await self._attempt(
                         endpoint, prepared, retry, http_timeout, attempts, span, stop, last_error
                     )
@@ -286,7 +301,7 @@ class Session:
         span: ImageSpan,
         stop: StopSignal,
         last_error: BaseException | None,
-    ) -> tuple[bytes, httpx.Headers]:
+    ) -> tuple[bytes, httpx.Headers, ImageHeader]:
         """One attempt: a credit reservation, a concurrency slot, the limiter's slot (on the
         wire when the transport allows: see ``gate``), then the exchange.
 
@@ -301,7 +316,7 @@ class Session:
             stop.check()
             self.ledger.check_halted()
             self.circuit.check()
-            state = _AttemptState(waiting_since=anyio.current_time())
+            state = _AttemptState(waiting_since=asyncio.get_running_loop().time())
 
             def on_start(started: float) -> None:
                 # The limiter's slot is taken: this attempt starts now, unless it may not.
@@ -339,26 +354,27 @@ class Session:
                 if state.probe:
                     self.circuit.probe_done()
         started = gate.started if gate.started is not None else state.waiting_since
-        span.answered(status, parse_credit_header(headers, "x-remaining-credits"))
-        logger.debug(
-            "%s: %s %s -> %d in %.3fs (attempt %d)",
-            prepared.source_name or "image",
-            "POST",
-            endpoint.path,
-            status,
-            anyio.current_time() - started,
-            attempts.count,
-        )
+        span.answered(status, headers)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s: %s %s -> %d in %.3fs (attempt %d)",
+                prepared.source_name or "image",
+                "POST",
+                endpoint.path,
+                status,
+                asyncio.get_running_loop().time() - started,
+                attempts.count,
+            )
         counters = self.counters
         counters.statuses[status] = counters.statuses.get(status, 0) + 1
         if status != 429:
             await self.limiter.admitted(started=started)
         if status == 200:
-            self._check_image(headers, body)
+            image = self._check_image(headers, body)
             self.circuit.succeeded()
             counters.successes += 1
             self.rate_limit_streak = 0
-            return body, headers
+            return body, headers, image
         await self._handle_error(status, headers, body, retry, endpoint, started)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -464,7 +480,7 @@ class Session:
         self.counters.connection_errors += 1
         raise failure
 
-    def _check_image(self, headers: httpx.Headers, body: bytes) -> None:
+    def _check_image(self, headers: httpx.Headers, body: bytes) -> ImageHeader:
         ctype = headers.get("content-type", "")
         if not ctype.lower().startswith("image/"):
             self.counters.other_errors += 1
@@ -475,15 +491,16 @@ class Session:
                 headers=headers,
                 secret=self.key.reveal(),
             )
-        problem = image_body_problem(body)
-        if problem is not None:
+        found = read_image_body(body)
+        if isinstance(found, str):
             # Most likely cut short on the way (a proxy, a reset): worth another attempt. It
             # was charged all the same; the ledger counted it from the headers.
             self.counters.connection_errors += 1
-            message = f"200 OK but the image body is unusable: {problem}"
+            message = f"200 OK but the image body is unusable: {found}"
             if self.circuit.answer_failed(message):
                 raise self.circuit.open_error()
             raise APIConnectionError(message)
+        return found
 
     async def _handle_error(
         self,
@@ -517,7 +534,9 @@ class Session:
         raise error
 
 
+@functools.lru_cache(maxsize=64)
 def _endpoint_url(base: httpx.URL, path: str) -> httpx.URL:
     """``path`` under ``base``, keeping a path prefix and a query the base may have (a
-    gateway's ``?code=...``)."""
+    gateway's ``?code=...``). Cached: parsing a URL costs more than a request's multipart body
+    (``httpx.URL`` is immutable and hashable)."""
     return base.copy_with(path=base.path.rstrip("/") + path)

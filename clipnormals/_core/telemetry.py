@@ -30,11 +30,12 @@ The key is never an attribute: only the host, statuses, counts and times are.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+from .credits import parse_credit_header
 
 if TYPE_CHECKING:
     from .credits import Ledger
@@ -61,11 +62,12 @@ class ImageSpan:
         if self._span is not None and credits:
             self._span.set_attribute("clipnormals.credits.consumed", self.consumed)
 
-    def answered(self, status: int, remaining: int | None) -> None:
-        """An answer arrived (any status)."""
+    def answered(self, status: int, headers: Mapping[str, str]) -> None:
+        """An answer arrived (any status); its credit header is read only for a span."""
         if self._span is None:
             return
         self._span.set_attribute("http.response.status_code", status)
+        remaining = parse_credit_header(headers, "x-remaining-credits")
         if remaining is not None:
             self._span.set_attribute("clipnormals.credits.remaining", remaining)
 
@@ -75,11 +77,13 @@ class Telemetry:
 
     __slots__ = (
         "_attempts",
+        "_current_context",
         "_host",
         "_rate_limited",
         "_retries",
         "_status_error",
         "_tracer",
+        "_use_span",
         "_wait",
         "enabled",
     )
@@ -106,6 +110,12 @@ class Telemetry:
             return
         self.enabled = True
         self._tracer = trace.get_tracer(_NAME, __version__, tracer_provider=tracer_provider)
+        self._use_span = trace.use_span
+
+        def current_context() -> Any:
+            return trace.get_current_span().get_span_context()
+
+        self._current_context = current_context
         self._status_error = (SpanKind.CLIENT, StatusCode.ERROR)
         meter = metrics.get_meter(_NAME, __version__, meter_provider=meter_provider)
         self._attempts = meter.create_counter(
@@ -137,13 +147,21 @@ class Telemetry:
             return
         kind, error_status = self._status_error
         attributes = {"server.address": self._host, "http.request.method": "POST"}
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             "clipnormals surface_normals",
             kind=kind,
             attributes=attributes,
             record_exception=False,  # the error's type and message are set below, scrubbed
             set_status_on_exception=False,
-        ) as span:
+        )
+        if not span.is_recording() and span.get_span_context() == self._current_context():
+            # No tracing configured: the no-op span carries the caller's own context, so
+            # making it current would change nothing a child span or a propagator sees.
+            yield ImageSpan(None)
+            return
+        with self._use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
             image = ImageSpan(span)
             try:
                 yield image

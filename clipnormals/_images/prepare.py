@@ -20,7 +20,8 @@ Each source is decoded once; what happens next is decided once, in a frozen plan
 (``plan``: an ``EncodePlan`` inside a ``Plan`` that keeps what the result reports), and ``reencode``
 returns the steps it took.
 
-These are blocking functions: the async client runs them in a worker thread.
+These are blocking functions: the async client runs them in a worker thread, or on its event
+loop for image bytes whose header declares a small image (``header``).
 
 Thread safety: calls share no state. Pillow's globals are read (``MAX_IMAGE_PIXELS``), never
 written (but for registering ``pillow-heif`` once, at the first HEIF file: see ``formats``), and

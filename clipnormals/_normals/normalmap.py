@@ -119,8 +119,51 @@ class NormalMap:
     ) -> None:
         if not isinstance(jpeg, bytes | bytearray | memoryview):
             raise TypeError(f"jpeg must be bytes, not {type(jpeg).__name__}")
-        self._jpeg = bytes(jpeg)
-        self._size, labelled = _read_header(self._jpeg)
+        data = bytes(jpeg)
+        size, comment = _read_header(data)
+        self._init(
+            data,
+            size,
+            comment,
+            credits_remaining=credits_remaining,
+            credits_consumed=credits_consumed,
+            prepared=prepared,
+            flip_x=flip_x,
+            flip_y=flip_y,
+            headers=headers,
+            request_id=request_id,
+            synthetic=synthetic,
+        )
+
+    @classmethod
+    def _from_header(
+        cls, jpeg: bytes, size: tuple[int, int], comment: bytes | None, **options: Any
+    ) -> NormalMap:
+        """A map whose header was read already (the client reads it when it checks the
+        answer): ``size`` (width, height) and the JPEG comment; the bytes are not opened
+        again. ``options`` are the keyword arguments of the constructor."""
+        nm = cls.__new__(cls)
+        nm._init(jpeg, size, comment, **options)
+        return nm
+
+    def _init(
+        self,
+        jpeg: bytes,
+        size: tuple[int, int],
+        comment: bytes | None,
+        *,
+        credits_remaining: int | None = None,
+        credits_consumed: int | None = None,
+        prepared: PreparedImage | None = None,
+        flip_x: bool = False,
+        flip_y: bool = False,
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        synthetic: bool = False,
+    ) -> None:
+        self._jpeg = jpeg
+        self._size = size
+        labelled = comment is not None and comment.startswith(SYNTHETIC_LABEL)
         self._synthetic = bool(synthetic) or labelled
         self._credits_remaining = credits_remaining
         self._credits_consumed = credits_consumed
@@ -481,9 +524,9 @@ class NormalMap:
         return target
 
 
-def _read_header(data: bytes) -> tuple[tuple[int, int], bool]:
-    """Width and height from the header, without decoding the pixels, and whether the file is
-    labelled synthetic (a JPEG comment is read with the header)."""
+def _read_header(data: bytes) -> tuple[tuple[int, int], bytes | None]:
+    """Width and height from the header, without decoding the pixels, and the JPEG comment
+    (read with the header; it says whether the file is labelled synthetic)."""
     if not data:
         raise InvalidImageError("the normal map is empty (0 bytes)")
     try:
@@ -492,8 +535,7 @@ def _read_header(data: bytes) -> tuple[tuple[int, int], bool]:
             comment = image.info.get("comment")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidImageError(f"the normal map is not a readable image: {exc}") from exc
-    labelled = isinstance(comment, bytes) and comment.startswith(SYNTHETIC_LABEL)
-    return (int(width), int(height)), labelled
+    return (int(width), int(height)), comment if isinstance(comment, bytes) else None
 
 
 def _decode(data: bytes) -> NDArray[np.uint8]:

@@ -71,7 +71,7 @@ from typing import Final, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from .._core.credits import CreditHold, CreditPolicy, answer_cost, parse_credit_header
+from .._core.credits import CreditHold, CreditPolicy, parse_credit_header, parsed_answer_cost
 from .._errors import (
     ClientClosedError,
     ClientHaltedError,
@@ -145,13 +145,15 @@ class _Hold:
 
     def answered(self, status: int, headers: Mapping[str, str]) -> int:
         """The answer's status line and headers arrived; returns the credits it cost."""
-        spent = answer_cost(status, headers, self.amount)
+        consumed = parse_credit_header(headers, "x-credits-consumed")
+        remaining = parse_credit_header(headers, "x-remaining-credits")
+        spent = parsed_answer_cost(
+            status, headers, self.amount, consumed=consumed, remaining=remaining
+        )
         if self._outcome is None:
             self._outcome = "answered"
             self.spent = spent
             self.status = status
-            consumed = parse_credit_header(headers, "x-credits-consumed")
-            remaining = parse_credit_header(headers, "x-remaining-credits")
             self.unit_seen = -1 if consumed is None else consumed
             self.remaining = -1 if remaining is None else remaining
         return spent
