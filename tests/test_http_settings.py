@@ -414,4 +414,28 @@ async def test_idle_connections_are_dropped_before_common_servers_close_them() -
     # server's close after a pause of that length: every pooled connection then fails once.
     async with clipnormals.AsyncClient(api_key=KEY, base_url="http://127.0.0.1:9") as client:
         pool = client._session.http._transport._pool  # type: ignore[attr-defined]
-        assert pool._keepalive_expiry < 2.0  # gunicorn's default keep-alive, the shortest common
+        assert pool._keepalive_expiry <= 1.0  # below gunicorn's 2 s, the shortest common default
+
+
+@pytest.mark.loopback
+@pytest.mark.slow
+async def test_waiting_for_the_quota_never_writes_to_a_connection_the_server_closed() -> None:
+    # 2 requests per 14 s: the second waits about 7 s for its slot, longer than the emulator's
+    # (uvicorn's) 5 s keep-alive. Before, it waited on the wire holding a connection the server
+    # closed meanwhile: a broken pipe, a retry, a credit counted as possibly charged.
+    config = EmulatorConfig(keys={KEY: 100}, limit=None, synth="canned")
+    with start_in_thread(config) as server:
+        async with clipnormals.AsyncClient(
+            api_key=KEY,
+            base_url=server.url,
+            rate_limit=clipnormals.RateLimit(requests=2, per=14.0),
+            max_concurrency=2,
+        ) as client:
+            items = [item async for item in client.map([prepared(i) for i in range(3)])]
+            stats = client.stats
+            uncertain = client.credits.uncertain
+        served = server.emulator.stats.requests
+    assert all(item.ok for item in items), [repr(i.error) for i in items]
+    assert (stats.attempts, stats.retries, stats.connection_errors) == (3, 0, 0)
+    assert uncertain == 0
+    assert served == 3

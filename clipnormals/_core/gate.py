@@ -10,6 +10,13 @@ event: after the connection is ready, right before the headers are written. Othe
 (``MockTransport``, ``ASGITransport``, wrappers) never call the hook, so the slot is taken before
 the request is handed to them.
 
+A connection held while the attempt waits for its slot sits idle, and a server closes idle
+connections after a few seconds (uvicorn and Node.js 5 s): the headers would then meet a
+closed socket, a broken pipe, an attempt lost. So an attempt that waited on the wire longer
+than :data:`HOLD_LIMIT` keeps its slot but gives up that connection before writing anything
+(:class:`ConnectionHeldTooLong`); the session sends again at once, on a connection the pool
+has checked or a new one, and the slot is not waited for twice.
+
 An attempt that fails before its headers were sent (a refused connection) took no slot and
 reached no server. Should a transport send a request without calling the hook after all, the
 slot is taken when the response comes back, a warning is logged once, and the session takes
@@ -33,11 +40,24 @@ import httpx
 from .._errors import SendingStoppedError
 from .limiter import Limiter
 
-__all__ = ["StartGate", "StopSignal", "calls_trace_hooks"]
+__all__ = ["HOLD_LIMIT", "ConnectionHeldTooLong", "StartGate", "StopSignal", "calls_trace_hooks"]
 
 logger = logging.getLogger("clipnormals")
 
 _HEADERS_SENT = "send_request_headers.started"
+
+#: Seconds an attempt may hold a connection while it waits for its slot before the connection
+#: is given up (see the module docstring). With the pool's own idle limit (1 s), a connection
+#: is never written to after more than 4 s of silence: less than the 5 s after which uvicorn
+#: and Node.js close one, far less than nginx's 75 s. Waits that long only come with slow
+#: quotas (60 a minute: up to ``max_concurrency`` seconds), where a new connection's set-up is
+#: small beside the spacing; at high rates the slot is still taken on the connection itself.
+HOLD_LIMIT = 3.0
+
+
+class ConnectionHeldTooLong(Exception):
+    """The slot was taken after a long wait on a connection that may have been closed since:
+    send again (nothing was written)."""
 
 
 def calls_trace_hooks(
@@ -140,8 +160,11 @@ class StartGate:
         return self.started
 
     async def _trace(self, event: str, info: dict[str, Any]) -> None:
-        if event.endswith(_HEADERS_SENT):
+        if event.endswith(_HEADERS_SENT) and self.started is None:
+            waiting_since = anyio.current_time()
             await self.open()
+            if anyio.current_time() - waiting_since > HOLD_LIMIT:
+                raise ConnectionHeldTooLong
 
     async def settle(self) -> tuple[float, bool]:
         """After the response: the start time, and whether the hook had run (the slot is

@@ -120,7 +120,7 @@ def build_http_client(
 #: at (gunicorn 2 s, uvicorn and Node.js 5 s, nginx 75 s). At the same value as the server's
 #: (httpx's default is 5 s), a request sent after a pause of about that length races the
 #: server's close and fails with a broken pipe, costing an attempt of every pooled connection.
-KEEPALIVE_EXPIRY = 1.5
+KEEPALIVE_EXPIRY = 1.0
 
 #: The largest answer body read, decoded: a normal map is a JPEG of at most 25,000,000 pixels
 #: (the API's documented input limit), far below this; more is a broken or hostile server (an

@@ -40,7 +40,7 @@ from .._errors import (
 )
 from .circuit import CircuitBreaker
 from .credits import CreditHold, Ledger
-from .gate import StartGate, StopSignal
+from .gate import ConnectionHeldTooLong, StartGate, StopSignal
 from .http import (
     MAX_MAP_BYTES,
     AnswerTooLargeError,
@@ -414,7 +414,11 @@ class Session:
             with scope:
                 # Never a redirect, even through an http_client that follows them: httpx would
                 # carry the key header to wherever the server points.
-                response = await self.http.send(request, stream=True, follow_redirects=False)
+                try:
+                    response = await self.http.send(request, stream=True, follow_redirects=False)
+                except ConnectionHeldTooLong:
+                    # The slot is taken; the connection, idle all that time, is given up.
+                    response = await self.http.send(request, stream=True, follow_redirects=False)
                 try:
                     answered = True
                     _started, hooked = await gate.settle()
