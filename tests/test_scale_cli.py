@@ -539,3 +539,20 @@ def test_a_redis_server_lost_mid_run_stops_the_batch_with_69(name: str, tmp_path
     assert f"127.0.0.1:{port}" in stdout
     advice = "check --redis-url and the Redis server, then run the same command again"
     assert stdout.rstrip().endswith(advice)
+
+
+def test_status_while_a_run_writes_says_it_is_not_complete(tmp_path: Path) -> None:
+    # Before: the images recorded so far were all done, so a job still running was reported
+    # "complete" (exit 0).
+    out = tmp_path / "out"
+    out.mkdir()
+    line = '{"source":"a.png","path":"/in/a.png","sha256":"ab","status":"done"}\n'
+    (out / "manifest.jsonl").write_text(line)
+    with ManifestWriter(out / "manifest.jsonl", output_dir=out):  # a run holds it
+        running = run(command("status", "out"), tmp_path)
+    assert running.returncode == 1, running.stdout
+    assert "running now" in running.stdout
+    assert "not complete: 1 run still writing" in running.stdout
+    done = run(command("status", "out"), tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert "complete: every image is done" in done.stdout

@@ -451,15 +451,22 @@ def _is_path_list(path: Path) -> bool:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        # A multi-byte character cut by the 8 KiB window is still text.
-        return exc.start >= len(head) - 3
+        if exc.start >= len(head) - 3:
+            return True  # a multi-byte character cut by the 8 KiB window is still text
+        # File names are bytes: a list may name a file whose name is not UTF-8. Lines of text
+        # with a few such bytes are a list; binary data has them, and control bytes, all over.
+        text = head.decode("utf-8", errors="surrogateescape")
+        odd = sum(1 for c in text if "\udc80" <= c <= "\udcff")
+        control = sum(1 for c in text if c < " " and c not in "\t\r\n")
+        return control == 0 and odd * 5 <= len(text)
     return True
 
 
 def _read_list(collector: _Collector, list_path: Path, *, base: Path) -> None:
     with open_regular(list_path) as f:
-        # "utf-8-sig": a byte order mark (Notepad writes one) is not part of the first path.
-        text = f.read().decode("utf-8-sig", errors="replace")
+        # "utf-8-sig": a byte order mark (Notepad writes one) is not part of the first path;
+        # a name that is not UTF-8 keeps its bytes (as os.fsdecode does), so it is found.
+        text = f.read().decode("utf-8-sig", errors="surrogateescape")
     for line in text.splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):

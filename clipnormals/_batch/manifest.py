@@ -58,6 +58,7 @@ __all__ = [
     "ManifestWriteError",
     "ManifestWriter",
     "RecordStatus",
+    "lock_held",
     "read_manifest",
     "utc_now",
 ]
@@ -322,6 +323,25 @@ class _Ticket:
     error: BaseException | None = field(default=None)
 
 
+def _lock_path(manifest: Path) -> Path:
+    return manifest.with_name(f".{manifest.name}.lock")
+
+
+def lock_held(manifest: Path) -> bool:
+    """Whether a run holds ``manifest``'s lock now (it is writing to it). Takes no lock that
+    lasts: a look only. False where locks are not available (Windows)."""
+    path = _lock_path(manifest)
+    if fcntl is None or not path.exists():
+        return False
+    with path.open("rb") as f:
+        try:  # shared: a run holds it alone; two readers never get in each other's way
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
 class ManifestWriter:
     """Appends records to a manifest, each batch flushed to the disk before returning.
 
@@ -384,7 +404,7 @@ class ManifestWriter:
                 raise
 
     def _lock_one(self, manifest: Path, held: str, *, shared: bool = False) -> None:
-        lock_file = manifest.with_name(f".{manifest.name}.lock").open("ab")
+        lock_file = _lock_path(manifest).open("ab")
         if fcntl is not None:
             try:
                 mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

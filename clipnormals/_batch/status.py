@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MANIFEST_NAME
-from .manifest import RecordStatus, read_manifest
+from .manifest import RecordStatus, lock_held, read_manifest
 from .shard import SHARD_MANIFEST_PATTERN, manifest_paths
 
 __all__ = ["JobStatus", "ManifestStatus", "job_status"]
@@ -28,12 +28,15 @@ class ManifestStatus:
         counts: sources by the status of their latest record.
         credits: credits the recorded outputs cost (the sum of the records' ``credits``).
         shard: ``(K, N)`` for a shard's manifest, ``None`` for a whole job's.
+        running: a run holds the manifest's lock: it is writing to it now, and its figures are
+            not final.
     """
 
     path: Path
     counts: dict[RecordStatus, int]
     credits: int
     shard: tuple[int, int] | None
+    running: bool = False
 
     @property
     def sources(self) -> int:
@@ -72,11 +75,22 @@ class JobStatus:
         return sum(m.sources for m in self.manifests)
 
     @property
+    def running(self) -> int:
+        """Manifests a run is writing to now."""
+        return sum(m.running for m in self.manifests)
+
+    @property
     def complete(self) -> bool:
-        """True when every shard has reported and every recorded source is done or skipped."""
+        """True when every shard has reported, no run is writing, and every recorded source is
+        done or skipped."""
         counts = self.counts
         finished = counts[RecordStatus.DONE] + counts[RecordStatus.SKIPPED]
-        return bool(self.manifests) and not self.missing_shards and finished == self.sources
+        return (
+            bool(self.manifests)
+            and not self.missing_shards
+            and not self.running
+            and finished == self.sources
+        )
 
 
 def job_status(folder: Path) -> JobStatus:
@@ -104,6 +118,7 @@ def job_status(folder: Path) -> JobStatus:
                 counts=dict(Counter(r.status for r in records)),
                 credits=sum(r.credits for r in records),
                 shard=shard,
+                running=lock_held(path),
             )
         )
     missing = tuple((k, n) for n in sorted(seen) for k in range(1, n + 1) if k not in seen[n])

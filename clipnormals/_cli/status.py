@@ -25,9 +25,10 @@ def _counts(counts: dict[RecordStatus, int]) -> str:
 
 def _manifest_line(m: ManifestStatus) -> str:
     where = f"shard {m.shard[0]}/{m.shard[1]}" if m.shard else "whole job"
+    running = ", running now" if m.running else ""
     return (
         f"{where:<12} {plural(m.sources, 'image'):>12}: {_counts(m.counts)}; "
-        f"{plural(m.credits, 'credit')}  ({m.path.name})"
+        f"{plural(m.credits, 'credit')}  ({m.path.name}{running})"
     )
 
 
@@ -54,6 +55,8 @@ def status_lines(folder: Path) -> tuple[list[str], bool]:
             parts.append(f"{plural(left, 'image')} to send again")
         if counts[RecordStatus.INVALID]:
             parts.append(f"{counts[RecordStatus.INVALID]} rejected")
+        if job.running:
+            parts.append(f"{plural(job.running, 'run')} still writing")
         if job.missing_shards:
             parts.append(f"{plural(len(job.missing_shards), 'shard')} not started")
         lines.append("not complete: " + ", ".join(parts))

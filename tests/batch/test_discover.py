@@ -144,3 +144,18 @@ def test_hash_file_is_sha256_of_the_bytes(tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)  # more than one read chunk
     (tmp_path / "f").write_bytes(data)
     assert hash_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_list_naming_a_file_whose_name_is_not_utf8_keeps_every_entry(tmp_path: Path) -> None:
+    # Before: one such line made the whole list "not an image: the data looks like text", and
+    # every good entry in it was dropped.
+    (tmp_path / "good.png").write_bytes(image_bytes("PNG"))
+    odd = os.fsencode(tmp_path) + b"/\xff\xfe.png"
+    with open(odd, "wb") as f:
+        f.write(image_bytes("PNG"))
+    (tmp_path / "list.txt").write_bytes(b"good.png\n\xff\xfe.png\nmissing.png\n")
+    found = discover(["list.txt"], cwd=tmp_path)
+    assert sorted(os.fsencode(f.path) for f in found.files) == sorted(
+        [os.fsencode(tmp_path / "good.png"), odd]
+    )
+    assert [entry for entry, _key, _why in found.invalid] == ["missing.png"]
