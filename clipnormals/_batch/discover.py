@@ -325,6 +325,13 @@ def discover(
     for raw in inputs:
         path = Path(base, raw)
         mode = _check_input(path, os.fspath(raw))
+        if stat.S_ISDIR(mode) and collector.excluded(path.resolve()):
+            # Left out as a whole (it is the output folder, or inside it): nothing would be
+            # found, and "every image done" would be a lie.
+            raise BatchInputError(
+                f"{os.fspath(raw)} is the output folder or inside it: its files would be taken "
+                "for outputs; give an output folder of its own (-o)"
+            )
         _add_input(collector, path.resolve(), mode, base=base, given=os.fspath(raw))
     return Discovery(
         files=_unique_keys(collector.found),

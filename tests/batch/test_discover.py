@@ -159,3 +159,15 @@ def test_a_list_naming_a_file_whose_name_is_not_utf8_keeps_every_entry(tmp_path:
         [os.fsencode(tmp_path / "good.png"), odd]
     )
     assert [entry for entry, _key, _why in found.invalid] == ["missing.png"]
+
+
+@pytest.mark.parametrize("given", ["in", "in/sub"])
+def test_an_input_folder_that_is_the_output_folder_is_refused(tmp_path: Path, given: str) -> None:
+    # Before: the folder was left out as the output folder, nothing was found, and the run
+    # said every image was done (exit 0).
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "sub" / "a.png").write_bytes(image_bytes("PNG"))
+    with pytest.raises(BatchInputError, match="output folder"):
+        discover([given], exclude=["in"], cwd=tmp_path)
+    found = discover(["in"], exclude=["in/out"], cwd=tmp_path)  # an output folder inside: fine
+    assert keys(found.files) == ["sub/a.png"]
