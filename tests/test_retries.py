@@ -367,3 +367,19 @@ async def test_the_retry_loop_is_built_only_after_a_failed_first_attempt_and_dec
         with pytest.raises(clipnormals.ServerError, match="down"):
             await client.surface_normals(prepared())
     assert len(api.arrivals) == 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_a_429_storm_without_retry_after_ends_within_the_total(seed: int) -> None:
+    # Pauses without Retry-After grow with the storm (up to max_backoff, jittered). Before, a
+    # retry waited out a whole pause even when it ended past the image's total: with total=60,
+    # images failed after up to 112 s.
+    random.seed(seed)
+    api = FakeAPI(script=[error(429, "slow down")] * 400)
+    policy = clipnormals.RetryPolicy(total=60.0, initial=2.0, max_backoff=30.0)
+    async with _client(api, retry=policy) as client:
+        started = anyio.current_time()  # a fresh limiter: the first attempt starts at once
+        with pytest.raises(clipnormals.RateLimitError):
+            await client.surface_normals(prepared())
+        took = anyio.current_time() - started
+    assert policy.total - 1.0 <= took <= policy.total + 0.5, took

@@ -119,10 +119,18 @@ class _Secret:
 class _AttemptState:
     """What one attempt's start decided, shared by the gate's callback and the exchange."""
 
-    __slots__ = ("deadline", "probe", "scope", "waiting_since")
+    __slots__ = ("budget_end", "deadline", "last_error", "probe", "scope", "waiting_since")
 
-    def __init__(self, *, waiting_since: float) -> None:
+    def __init__(
+        self,
+        *,
+        waiting_since: float,
+        budget_end: float = math.inf,
+        last_error: BaseException | None = None,
+    ) -> None:
         self.waiting_since = waiting_since
+        self.budget_end = budget_end  # when the image's RetryPolicy.total runs out (a retry)
+        self.last_error = last_error  # what the retry follows
         self.deadline = math.inf
         self.probe = False
         self.scope: anyio.CancelScope | None = None
@@ -308,15 +316,28 @@ class Session:
         Every wait runs in a scope a stop cancels: a stopped client starts nothing, and its
         waiters give back what they hold.
         """
+        # A retry waits (for credits, a concurrency slot, the limiter's slot: a shared 429
+        # pause, say) no longer than the image's total: then it is not made, and the last
+        # error stands.
+        first_started = attempts.first_started
+        budget_end = (
+            math.inf if first_started is None or last_error is None else first_started + retry.total
+        )
         async with contextlib.AsyncExitStack() as held:
-            with stop.interruptible():
+            with stop.interruptible(), anyio.CancelScope(deadline=budget_end) as waiting:
                 reservation = await held.enter_async_context(self.ledger.reserve())
                 await held.enter_async_context(self.slots)
             # A stop's cancellation ends in that scope; a cancellation from outside goes on.
             stop.check()
+            if waiting.cancelled_caught and last_error is not None:
+                raise last_error
             self.ledger.check_halted()
             self.circuit.check()
-            state = _AttemptState(waiting_since=asyncio.get_running_loop().time())
+            state = _AttemptState(
+                waiting_since=asyncio.get_running_loop().time(),
+                budget_end=budget_end,
+                last_error=last_error,
+            )
 
             def on_start(started: float) -> None:
                 # The limiter's slot is taken: this attempt starts now, unless it may not.
@@ -345,7 +366,10 @@ class Session:
 
             gate = StartGate(self.limiter, on_start, on_wire=self.slot_on_wire, stop=stop)
             if not gate.extensions:  # not on the wire: the slot is taken before sending
-                await gate.open()
+                with anyio.CancelScope(deadline=state.budget_end):
+                    await gate.open()
+                if gate.started is None and last_error is not None:
+                    raise last_error  # total ran out while this retry waited for its slot
             try:
                 status, headers, body = await self._exchange(
                     endpoint, prepared, reservation, state, gate, http_timeout, span
@@ -408,7 +432,7 @@ class Session:
         maybe_charged = True  # did the whole request possibly reach the server?
         answered = False
         scope = state.scope = anyio.CancelScope(
-            deadline=math.inf if gate.started is None else gate.started + state.deadline
+            deadline=state.budget_end if gate.started is None else gate.started + state.deadline
         )
         try:
             with scope:
@@ -436,6 +460,10 @@ class Session:
                     await response.aclose()
                 return response.status_code, response.headers, body
             # Only the attempt's own deadline ends up here (its scope caught the cancellation).
+            if gate.started is None and state.last_error is not None:
+                # Still waiting on the wire for its slot when the image's total ran out: this
+                # retry is not made (nothing was written), and the last error stands.
+                raise state.last_error
             failure = APITimeoutError(
                 f"no complete answer from {self.circuit.host} within {state.deadline:.1f}s "
                 "(the attempt's deadline)"
