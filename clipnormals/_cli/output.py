@@ -8,26 +8,15 @@ bidirectional overrides are shown as Python escapes (``\\x1b``, ``\\n``, ``\\u20
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import NoReturn, TextIO
 
 from rich.console import Console
 
 from .._batch.outcomes import ExitCode
+from .._text import escape_controls
 
 __all__ = ["UsageError", "fail", "plural", "printable", "say"]
-
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    ch = match.group()
-    if ch in _NAMED:
-        return _NAMED[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
@@ -39,7 +28,7 @@ def printable(text: str) -> str:
         >>> printable("Zoë Ünïcode 😀.jpg")
         'Zoë Ünïcode 😀.jpg'
     """
-    return _UNSAFE.sub(_escape, text)
+    return escape_controls(text)
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
 import unicodedata
 from collections.abc import Sequence
 from importlib import resources
@@ -35,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .._atomic import atomic_write_bytes
 from .._images.orientation import upright
+from .._text import escape_controls
 from .relight import DirectionalLight, LightSpec, relight_image
 from .render import preview_image, shaded_image
 from .vectors import resize_field
@@ -231,19 +231,7 @@ def _has_glyph(font: Font, ch: str) -> bool:
     return (mask.size, bytes(mask)) != _notdef(font)
 
 
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _ELLIPSIS = "\u2026"
-
-
-def _escape(match: re.Match[str]) -> str:
-    ch = match.group()
-    if ch in _NAMED:
-        return _NAMED[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def label_text(text: str) -> str:
@@ -257,7 +245,7 @@ def label_text(text: str) -> str:
         >>> label_text("new\\nline.png")
         'new\\\\nline.png'
     """
-    return _UNSAFE.sub(_escape, text)
+    return escape_controls(text)
 
 
 def _fitted(text: str, width: int, font: Font) -> str:
