@@ -199,7 +199,9 @@ async def test_retries_respect_the_total_time_budget() -> None:
         with pytest.raises(clipnormals.ServerError):
             await client.surface_normals(prepared())
         elapsed = anyio.current_time() - t0
-    assert elapsed <= 30.0
+    # A retry still waiting for its slot when the total runs out ends right then: at 30 s, give
+    # or take the virtual clock's last digit.
+    assert elapsed <= policy.total + 1e-6
     assert 2 <= len(api.arrivals) < 100
 
 
