@@ -386,7 +386,7 @@ def _secret_forms(secret: str) -> tuple[str, ...]:
 
 
 #: A key shorter than this is replaced only where it stands alone (not inside a longer word or
-#: path: a one-letter key must not turn "/work/" into "/wor***/"). A longer one is replaced
+#: path: a one-letter key must not turn "/desk/" into "/des***/"). A longer one is replaced
 #: wherever it appears, even inside a longer token.
 _SHORT_SECRET = 8
 _ALONE = r"(?<![0-9A-Za-z]){}(?![0-9A-Za-z])"
@@ -400,8 +400,8 @@ def scrub(text: str, secret: str | None) -> str:
     Example:
         >>> scrub('{"echo": "sk-1/2"}', "sk-1/2")
         '{"echo": "***"}'
-        >>> scrub("403 Forbidden: Invalid key i (from /work/i)", "i")
-        '403 Forbidden: Invalid key *** (from /work/***)'
+        >>> scrub("403 Forbidden: Invalid key i (from data/i)", "i")
+        '403 Forbidden: Invalid key *** (from data/***)'
     """
     if not secret:
         return text
