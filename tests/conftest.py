@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,17 @@ def virtual_time_backend() -> tuple[str, dict[str, object]]:
 
 
 # -- Redis, for the tests of clipnormals.redis ---------------------------------------------
+
+
+def own_database(redis_url: str, db: int) -> str:
+    """``redis_url`` pointed at database ``db``: a test that counts connections counts its own
+    processes' only, whatever else uses the server."""
+    return f"{redis_url.rsplit('/', 1)[0]}/{db}"
+
+
+def connections_to(raw: Any, db: int) -> int:
+    """Connections the server has to database ``db`` (``raw``'s own included)."""
+    return sum(1 for c in raw.client_list() if c.get("db") == str(db))
 
 
 def free_port() -> int:

@@ -32,6 +32,7 @@ import redis
 
 import clipnormals
 
+from .conftest import connections_to, own_database
 from .emulator_process import EmulatorProcess
 from .fakeapi import KEY, png_bytes
 
@@ -47,6 +48,7 @@ DISTINCT = 240
 COPIES = 20
 LEASE = 5.0  # longer than any stall of a live worker on a loaded machine
 LATENCY = (0.05, 0.25)  # seconds, uniform
+OWN_DB = 12  # the Redis database of this test (see own_database)
 
 
 def _recipe(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -108,11 +110,6 @@ def _kill_a_worker_holding_credits(
     raise AssertionError("no worker ever held a reservation")
 
 
-def _connections(raw: redis.Redis) -> int:
-    """Connections to the test's own database (``raw``'s own included)."""
-    return sum(1 for c in raw.client_list() if c.get("db") == "12")
-
-
 def test_a_batch_across_a_dask_cluster_shares_one_key(
     redis_url: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,7 +120,7 @@ def test_a_batch_across_a_dask_cluster_shares_one_key(
     monkeypatch.setenv("CLIPDROP_API_KEY", KEY)  # the workers read it from their environment
     # A database of its own, so that the connections counted are this test's workers', not
     # those of anything else using the server.
-    redis_url = redis_url.rsplit("/", 1)[0] + "/12"
+    redis_url = own_database(redis_url, OWN_DB)
     raw = redis.Redis.from_url(redis_url)
     outcomes: list[dict[str, Any]] = []
     failure: list[BaseException] = []
@@ -140,7 +137,7 @@ def test_a_batch_across_a_dask_cluster_shares_one_key(
         # Workers import the recipe (clipnormals, numpy, Pillow, redis-py) before the clock
         # starts: the share of the quota measures the sharing, not a cold start.
         dask.run(importlib.import_module, "dask_batch")
-        connections = _connections(raw)
+        connections = connections_to(raw, OWN_DB)
         job = recipe.Job(
             redis_url=redis_url,
             name=name,
@@ -181,7 +178,7 @@ def test_a_batch_across_a_dask_cluster_shares_one_key(
         }
         left_held = raw.hgetall(f"clipnormals:{{{name}}}:credits:held")
         # every worker closed what it opened (the killed one's sockets died with it)
-        assert _connections(raw) <= connections
+        assert connections_to(raw, OWN_DB) <= connections
 
     # The server: no 429, no 402, never more than the quota in a window, the balance used up.
     assert stats["statuses"].get("429", 0) == 0

@@ -27,6 +27,7 @@ from clipnormals._batch.manifest import ManifestState, ManifestWriter, RecordSta
 from clipnormals._batch.plan import make_plan
 from clipnormals._batch.shard import Shard, manifest_paths
 
+from .conftest import connections_to, own_database
 from .emulator_process import EmulatorProcess
 from .fakeapi import KEY, png_bytes
 
@@ -315,11 +316,6 @@ PER = 4.0
 OWN_DB = 11
 
 
-def _connections(raw: redis.Redis) -> int:
-    """Connections to the test's own database (``raw``'s own included)."""
-    return sum(1 for c in raw.client_list() if c.get("db") == str(OWN_DB))
-
-
 CREDITS = 50
 IMAGES = 120
 
@@ -333,11 +329,11 @@ def test_three_batches_on_one_key_share_quota_and_credits(
     portraits(tmp_path / "in", IMAGES)
     # A database of its own, so that the connections counted are this test's processes', not
     # those of anything else using the server.
-    redis_url = redis_url.rsplit("/", 1)[0] + f"/{OWN_DB}"
+    redis_url = own_database(redis_url, OWN_DB)
     raw = redis.Redis.from_url(redis_url)
     spec = {"key": KEY, "credits": CREDITS, "requests": QUOTA, "per": PER, "latency": [0.02, 0.1]}
     with raw, EmulatorProcess(spec) as server:
-        connections = _connections(raw)
+        connections = connections_to(raw, OWN_DB)
         procs = [
             subprocess.Popen(
                 command(
@@ -375,7 +371,7 @@ def test_three_batches_on_one_key_share_quota_and_credits(
             )
         stats = server.stats()
         log = server.log()
-        assert _connections(raw) <= connections  # every process closed its connections
+        assert connections_to(raw, OWN_DB) <= connections  # every process closed its connections
         state = raw.hgetall(f"clipnormals:{{{name}}}:credits:state")
 
     # The server: exactly the balance charged, no 402, no 429, the quota kept in every window.
