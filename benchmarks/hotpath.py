@@ -12,6 +12,9 @@ is measured is the client's own CPU. Ways, alternated round by round:
 - ``bare (workers)``: 16 tasks pulling from one iterator, each posting the multipart upload with
   ``httpx.AsyncClient`` and reading the body, status checked (the lean plain loop);
 - ``bare (task per request)``: a task per request behind a semaphore of 16;
+- ``bare (workers) + check``: the worker loop, each image decoded by Pillow before it is sent
+  (``Image.open(...).load()``: the least check that refuses a file that cannot be decoded), on
+  the event loop like the client's preparation of such small images;
 - ``client.map``: ``AsyncClient.map`` over the same PNG bytes (each validated before upload);
 - ``client.map (prepared)``: the same over ``PreparedImage`` objects made beforehand.
 
@@ -97,6 +100,26 @@ async def workers(images: Iterator[Any]) -> int:
         async def worker() -> None:
             nonlocal done
             for data in images:
+                ok = await _post(http, data)
+                done += ok
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(CONCURRENCY):
+                tg.start_soon(worker)
+    return done
+
+
+async def checked_workers(images: Iterator[Any]) -> int:
+    """The worker loop, each image first checked the way a careful caller would (Pillow opens
+    and decodes it; a file that cannot be decoded is not sent)."""
+    done = 0
+    async with _http() as http:
+
+        async def worker() -> None:
+            nonlocal done
+            for data in images:
+                with Image.open(io.BytesIO(data)) as image:
+                    image.load()
                 ok = await _post(http, data)
                 done += ok
 
@@ -229,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ways: dict[str, tuple[Way, Sequence[Any]]] = {
         "bare (workers)": (workers, distinct),
         "bare (task per request)": (per_task, distinct),
+        "bare (workers) + check": (checked_workers, distinct),
         "client.map": (ours, distinct),
         "client.map (prepared)": (ours, prepared),
     }
@@ -253,6 +277,20 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": [round(v, 4) for v in values],
         }
         print(f"{name:26} {median:>7.3f}ms {median / base:>10.2f}x")
+    checked = statistics.median(cpu["bare (workers) + check"])
+    over_bytes = rows["client.map"]["cpu_ms_per_req"] / base
+    over_prepared = rows["client.map (prepared)"]["cpu_ms_per_req"] / base
+    targets = {
+        "client.map over bytes vs bare (workers)": (over_bytes, 2.0),
+        "client.map over bytes vs bare (workers) + check": (
+            rows["client.map"]["cpu_ms_per_req"] / checked,
+            2.0,
+        ),
+        "client.map (prepared) vs bare (workers)": (over_prepared, 1.3),
+    }
+    for label, (ratio, target) in targets.items():
+        verdict = "met" if ratio <= target else "not met"
+        print(f"{label}: {ratio:.2f}x (target <= {target}x: {verdict})")
     if args.profile:
         for name, (way, source) in ways.items():
             print(f"\n{name}:")
@@ -265,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "concurrency": CONCURRENCY,
         "results": rows,
+        "targets": {
+            label: {"ratio": round(ratio, 2), "target": target}
+            for label, (ratio, target) in targets.items()
+        },
     }
     write_json(args.output, report)
     print(f"written {shown(args.output)}")

@@ -30,7 +30,6 @@ from .._errors import (
     ClipnormalsError,
     InvalidImageError,
     scrub,
-    scrubber,
 )
 from .._images.header import small_enough_inline
 from .._images.prepare import ImageSource, PreparedImage, PrepareOptions, prepare_image
@@ -484,7 +483,7 @@ class AsyncClient:
         # One pass over httpx's headers: each look-up there scans them all. ``items()`` gives
         # lower-case names and joins repeated ones, as ``headers.get`` would.
         answer = dict(headers.items())
-        shown = _answer_headers(answer, session.key.reveal())
+        shown = _answer_headers(answer, session.scrub)
         result = NormalMap._from_header(
             body,
             header.size,
@@ -635,11 +634,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
 
 
-def _answer_headers(headers: Mapping[str, str], secret: str) -> dict[str, str]:
+def _answer_headers(headers: Mapping[str, str], clean: Callable[[str], str]) -> dict[str, str]:
     """The answer's headers for the user to log: lower-case names, no cookies or credentials,
-    and the key scrubbed should a server echo it. The request id is read from this (scrubbed)
-    mapping."""
-    clean = scrubber(secret)
+    and the key scrubbed (by ``clean``, the session's scrubber) should a server echo it. The
+    request id is read from this (scrubbed) mapping."""
     return {
         clean(name): clean(v)
         for k, v in headers.items()

@@ -39,8 +39,8 @@ rules in a Lua script) implement. What an answer costs is decided in one place,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -342,6 +342,25 @@ class Reservation:
         )
 
 
+class _Reserving:
+    """``async with ledger.reserve() as reservation``: see :meth:`CreditLedger.reserve` (a
+    class, not a generator: it runs for every attempt)."""
+
+    __slots__ = ("_ledger", "_reservation")
+
+    def __init__(self, ledger: CreditLedger) -> None:
+        self._ledger = ledger
+        self._reservation: Reservation | None = None
+
+    async def __aenter__(self) -> Reservation:
+        self._reservation = await self._ledger._acquire()
+        return self._reservation
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._reservation is not None:
+            self._reservation.release()
+
+
 class CreditLedger:
     """Live accounting of one client's credits.
 
@@ -443,19 +462,15 @@ class CreditLedger:
             self.remaining = remaining
         self._notify()
 
-    @asynccontextmanager
-    async def reserve(self) -> AsyncIterator[Reservation]:
-        """Hold one call's cost for one attempt; released on exit unless settled.
+    def reserve(self) -> _Reserving:
+        """Hold one call's cost for one attempt (``async with``); released on exit unless
+        settled.
 
         Raises:
             CreditBudgetError: the attempt may not be sent (reserve or budget); nothing sent.
             ClientHaltedError: a 402 or 403 halted the client.
         """
-        reservation = await self._acquire()
-        try:
-            yield reservation
-        finally:
-            reservation.release()
+        return _Reserving(self)
 
     async def _acquire(self) -> Reservation:
         while True:

@@ -30,11 +30,13 @@ included) runs in a cancel scope the stop cancels, and nothing starts once it is
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import math
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from .._errors import SendingStoppedError
@@ -102,24 +104,44 @@ class StopSignal:
         if self.stopped:
             raise SendingStoppedError("not sent: the client stopped sending before it started")
 
-    @contextmanager
-    def interruptible(self) -> Iterator[anyio.CancelScope]:
-        """A cancel scope that a stop (of this signal or an ancestor) cancels."""
+    def interruptible(self, *, deadline: float = math.inf) -> _Interruptible:
+        """A cancel scope (the context manager's value) that a stop of this signal or an
+        ancestor cancels, and that ``deadline`` (the event loop's clock, seconds) ends."""
+        return _Interruptible(self, deadline)
+
+
+class _Interruptible:
+    """See :meth:`StopSignal.interruptible` (a class, not a generator: it runs several times
+    for every request)."""
+
+    __slots__ = ("_scope", "_signals")
+
+    def __init__(self, signal: StopSignal, deadline: float) -> None:
         signals: list[StopSignal] = []
-        signal: StopSignal | None = self
-        while signal is not None:
-            signals.append(signal)
-            signal = signal._parent
-        with anyio.CancelScope() as scope:
-            for s in signals:
-                s._waiting.add(scope)
-            try:
-                if self.stopped:
-                    scope.cancel()
-                yield scope
-            finally:
-                for s in signals:
-                    s._waiting.discard(scope)
+        current: StopSignal | None = signal
+        while current is not None:
+            signals.append(current)
+            current = current._parent
+        self._signals = signals
+        self._scope = anyio.CancelScope(deadline=deadline)
+
+    def __enter__(self) -> anyio.CancelScope:
+        scope = self._scope.__enter__()
+        for signal in self._signals:
+            signal._waiting.add(scope)
+        if self._signals[0].stopped:
+            scope.cancel()
+        return scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        for signal in self._signals:
+            signal._waiting.discard(self._scope)
+        return bool(self._scope.__exit__(exc_type, exc, tb))
 
 
 class StartGate:
@@ -145,15 +167,24 @@ class StartGate:
         self.started: float | None = None
         self.extensions: dict[str, Any] = {"trace": self._trace} if on_wire else {}
 
-    async def open(self) -> float:
+    async def open(self, *, scoped: bool = True) -> float:
         """Take the slot now (once per attempt); return the start time.
+
+        ``scoped=False``: the caller waits in a scope of its own that a stop cancels (see
+        ``StopSignal.interruptible``), and no other is made here.
 
         Raises:
             SendingStoppedError: the client stopped sending while this attempt waited.
         """
         if self.started is None:
-            with self._stop.interruptible():
+            if scoped:
+                with self._stop.interruptible():
+                    started = await self._limiter.acquire()
+            else:
                 started = await self._limiter.acquire()
+            # A task woken at the instant its scope was cancelled (its wait already over) runs
+            # on until it next yields: it must not send. The slot stays used (conservative).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             self._stop.check()  # woken by a stop: the slot is not used
             self._on_start(started)  # may refuse (the attempt is then not made)
             self.started = started

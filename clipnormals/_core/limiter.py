@@ -63,6 +63,7 @@ pass as ``rate_limit`` next time; each lesson is logged once, at INFO.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import math
@@ -76,6 +77,13 @@ import anyio
 __all__ = ["Limiter", "LocalLimiter", "RateLimit"]
 
 logger = logging.getLogger("clipnormals")
+
+
+def _now() -> float:
+    """The event loop's clock in seconds: ``anyio.current_time()`` on asyncio, without looking
+    the backend up on every call (a tenth of the limiter's cost per request)."""
+    return asyncio.get_running_loop().time()
+
 
 _PENDING, _ADMITTED, _REFUSED = 0, 1, 2
 _MIN_STEP: Final = 0.97  # a lesson lowers the rate by at least 3%
@@ -318,7 +326,7 @@ class LocalLimiter:
 
     async def cooldown_remaining(self) -> float:
         """Seconds left in the current cooldown (0 when none); async, as on every limiter."""
-        return max(0.0, self._cooldown_until - anyio.current_time())
+        return max(0.0, self._cooldown_until - _now())
 
     # -- the schedule -----------------------------------------------------------------------
 
@@ -327,7 +335,7 @@ class LocalLimiter:
         self._spacing = rl.spacing
         self._tolerance = 0.0 if rl.strict else (rl.capacity - 1.0) * rl.spacing
         self._window = rl.per + rl.spacing
-        self._restart(anyio.current_time() if self._starts else -math.inf)
+        self._restart(_now() if self._starts else -math.inf)
 
     def _restart(self, now: float) -> None:
         """Void every slot handed out and start the schedule again from ``now``."""
@@ -344,7 +352,7 @@ class LocalLimiter:
         slot back.
         """
         while True:
-            now = anyio.current_time()
+            now = _now()
             if self._cooldown_until > now:
                 await anyio.sleep(self._cooldown_until - now)
                 continue
@@ -352,7 +360,7 @@ class LocalLimiter:
             slot = self._reserve(now)
             try:
                 while epoch == self._epoch:
-                    now = anyio.current_time()
+                    now = _now()
                     due = max(slot, self._earliest())
                     if due <= now:
                         self._outstanding -= 1
@@ -419,7 +427,7 @@ class LocalLimiter:
         seconds = max(seconds, 0.0)
         if self.rate_limit.max_cooldown is not None:
             seconds = min(seconds, self.rate_limit.max_cooldown)
-        now = anyio.current_time()
+        now = _now()
         if now + seconds > self._cooldown_until:
             self._cooldown_until = now + seconds
             self._restart(now)
@@ -441,7 +449,7 @@ class LocalLimiter:
             return
         start.status = _ADMITTED
         if self.rate_limit.adaptive and self._current != self.rate_limit:
-            self._probe(anyio.current_time())
+            self._probe(_now())
 
     async def rate_limited(
         self, *, started: float, pause: float, retry_after: float | None = None
@@ -459,7 +467,7 @@ class LocalLimiter:
             # Nothing admitted yet, or since the last lesson: the server's state is unknown (a
             # window still full of an earlier run's requests, or of another user of the key).
             return
-        self._learn(start, anyio.current_time(), paused_until)
+        self._learn(start, _now(), paused_until)
 
     def _learn(self, refused: _Start, now: float, paused_until: float) -> None:
         cfg, cur = self.rate_limit, self._current

@@ -48,6 +48,7 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._errors import ClipnormalsError
@@ -66,7 +67,7 @@ class UploadPermit:
 
     __slots__ = ("_gate", "_held")
 
-    def __init__(self, gate: anyio.Semaphore) -> None:
+    def __init__(self, gate: asyncio.Semaphore) -> None:
         self._gate = gate
         self._held = False
 
@@ -169,7 +170,18 @@ class MapIterator(Generic[S]):
             self._task = asyncio.get_running_loop().create_task(self._start()())
         assert self._receive is not None  # noqa: S101 - set just above
         try:
-            item = await self._receive.receive()
+            # An item a worker is already waiting to hand over is taken without a trip
+            # through the event loop (the worker is woken); otherwise, wait for one.
+            try:
+                item = self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                # The caller's task runs on asyncio: said for the wait, sniffio answers anyio at
+                # once (the workers' tasks say it once for all, see ``_Pump.run``).
+                token = sniffio.current_async_library_cvar.set("asyncio")
+                try:
+                    item = await self._receive.receive()
+                finally:
+                    sniffio.current_async_library_cvar.reset(token)
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             failure = self._tally.failure
             await self.aclose()
@@ -280,14 +292,20 @@ class _Pump(Generic[S]):
         self._send = send
 
     async def run(self) -> None:
+        # This task and the workers it starts (each with a copy of its context) run on asyncio;
+        # said once here, sniffio answers anyio's "which event loop?" at once, instead of
+        # sniffing it again in every cancel scope, lock and checkpoint (a tenth of the CPU
+        # of a request).
+        sniffio.current_async_library_cvar.set("asyncio")
         send = self._send
         # A fixed pool of workers, not a task per image: cheaper per image, and the pool size
         # is the bound on sources and results alive at once.
         sources = _Sources(self._sources)
-        # Taken at once when free, without a trip through the event loop (a cancellation is
-        # still delivered): the source iterator and the workers' sends yield already.
-        turn = anyio.Lock(fast_acquire=True)
-        gate = anyio.Semaphore(self._uploads, fast_acquire=True)
+        # asyncio's own lock and semaphore: taken at once when free, without a trip through
+        # the event loop or anyio's look-up of the running library (a cancellation is still
+        # delivered while one waits); the source iterator and the workers' sends yield already.
+        turn = asyncio.Lock()
+        gate = asyncio.Semaphore(self._uploads)
         try:
             async with send, anyio.create_task_group() as tg:
                 for _ in range(self._depth):
@@ -299,8 +317,8 @@ class _Pump(Generic[S]):
     async def _work(
         self,
         sources: _Sources[S],
-        turn: anyio.Lock,
-        gate: anyio.Semaphore,
+        turn: asyncio.Lock,
+        gate: asyncio.Semaphore,
         send: MemoryObjectSendStream[MapItem[S]],
         scope: anyio.CancelScope,
     ) -> None:
@@ -319,6 +337,10 @@ class _Pump(Generic[S]):
                         return
                     index = tally.pulled
                     tally.pulled += 1
+                # Every image yields to the others once, even when nothing about it blocks (a
+                # sync iterable of images refused before any I/O), outside the turn so that no
+                # worker waits for it.
+                await asyncio.sleep(0)
                 try:
                     image = source if self._image is None else self._image(source)
                 except Exception as exc:  # the caller's extractor failed: like the iterable
@@ -334,7 +356,12 @@ class _Pump(Generic[S]):
                     else:
                         item = MapItem(index=index, source=source, result=value, attempts=attempts)
                     try:
-                        await send.send(item)
+                        # Handed straight to a consumer already waiting for it; otherwise,
+                        # wait until one takes it (the stream holds no item: the bound).
+                        try:
+                            send.send_nowait(item)
+                        except anyio.WouldBlock:
+                            await send.send(item)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         scope.cancel()  # the consumer went away: start nothing more
                         return
@@ -360,12 +387,9 @@ class _Sources(Generic[S]):
             return await anext(self._async)
         assert self._sync is not None  # noqa: S101 - one of the two is set
         try:
-            source = next(self._sync)
+            return next(self._sync)
         except StopIteration:
             raise StopAsyncIteration from None
-        # Give the workers a turn even when the iterable never blocks.
-        await anyio.lowlevel.checkpoint()
-        return source
 
     async def aclose(self) -> None:
         closer = getattr(self._async, "aclose", None)
