@@ -333,6 +333,11 @@ def test_the_blocking_client_refuses_an_http_client_of_the_callers_loop() -> Non
         ({"x trace": "a"}, "not a header name"),
         ({"x-trace:": "a"}, "not a header name"),
         ({"": "a"}, "not a header name"),
+        ({"Content-Type": "text/plain"}, "request's own body"),
+        ({"content-length": "10"}, "request's own body"),
+        ({"Transfer-Encoding": "chunked"}, "request's own body"),
+        ({"Host": "elsewhere.example"}, "request's own body"),
+        ({"Content-Encoding": "gzip"}, "request's own body"),
     ],
 )
 async def test_headers_that_cannot_be_sent_are_refused_when_the_client_is_built(

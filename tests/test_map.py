@@ -287,3 +287,37 @@ async def test_map_refuses_one_image_or_a_non_iterable_at_the_call(images: objec
         with pytest.raises(TypeError, match="callable"):
             client.map([prepared()], image="path")  # type: ignore[arg-type]
     assert api.arrivals == []
+
+
+@pytest.mark.parametrize("form", ["async for", "async with"])
+async def test_closing_the_client_during_a_map_is_an_error_for_its_consumer(form: str) -> None:
+    """Closing the client stops its maps; their consumers hear of it (``ClientClosedError``)
+    instead of the iteration ending as if every source had been done."""
+    api = FakeAPI(latency=lambda: 1.0, credits=None)
+    client = _client(api)
+    got: list[clipnormals.MapItem[clipnormals.PreparedImage]] = []
+
+    async def close_soon() -> None:
+        await anyio.sleep(2.5)
+        await client.aclose()
+
+    async def consume() -> None:
+        sources = [prepared(i % 3) for i in range(100)]
+        if form == "async for":
+            async for item in client.map(sources):
+                got.append(item)
+        else:
+            async with client.map(sources) as items:
+                async for item in items:
+                    got.append(item)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(close_soon)
+        with pytest.raises(clipnormals.ClientClosedError, match="while this map ran"):
+            await consume()
+    assert 0 < len(got) < 100
+    assert all(item.ok for item in got)
+    sent = len(api.arrivals)
+    await anyio.sleep(30)
+    assert len(api.arrivals) == sent  # nothing more went out
+    assert client.credits.reserved == 0

@@ -185,3 +185,32 @@ async def test_a_callers_http_client_keeps_its_own_cookies() -> None:
         await client.surface_normals(prepared(1))
     assert seen[0].headers["cookie"] == "team=blue"
     assert "lb=node-7" in seen[1].headers["cookie"]  # httpx's own handling, unchanged
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+async def test_a_callers_params_keep_the_base_urls_own_query(size: str) -> None:
+    """A gateway's ``?code=...`` in the base URL survives an ``http_client`` with ``params=``
+    (httpx alone would replace the URL's query with the client's parameters)."""
+    image = prepared() if size == "small" else prepare_image(png_bytes(400, 300, seed=3))
+    seen, transport = _capture()
+    async with (
+        httpx.AsyncClient(transport=transport, params={"team": "blue"}) as http,
+        clipnormals.AsyncClient(
+            api_key=KEY, base_url="http://127.0.0.1:9/gw?code=a%2Fb", http_client=http
+        ) as client,
+    ):
+        await client.surface_normals(image)
+    (request,) = seen
+    assert request.url.path == "/gw/portrait-surface-normals/v1"
+    assert dict(request.url.params) == {"team": "blue", "code": "a/b"}
+
+
+async def test_the_base_urls_query_is_sent_as_written() -> None:
+    seen, transport = _capture()
+    big = prepare_image(png_bytes(400, 300, seed=3))
+    async with clipnormals.AsyncClient(
+        api_key=KEY, base_url="http://127.0.0.1:9/gw?code=a%2Fb&x=%20y", transport=transport
+    ) as client:
+        await client.surface_normals(prepared())
+        await client.surface_normals(big)
+    assert [request.url.query for request in seen] == [b"code=a%2Fb&x=%20y"] * 2

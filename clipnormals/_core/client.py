@@ -91,7 +91,9 @@ class AsyncClient:
             Its own timeout is not used: ``timeout`` here applies to every request.
         proxy: a proxy URL (or ``httpx.Proxy``) for every request.
         verify: TLS verification: True, False, a CA bundle path, or an ``ssl.SSLContext``.
-        default_headers: extra headers on every request (the key header cannot be overridden).
+        default_headers: extra headers on every request (the key header cannot be overridden;
+            ``Content-Type``, ``Content-Length``, ``Transfer-Encoding``, ``Content-Encoding``
+            and ``Host`` are refused with ``ValueError``: each request sets its own).
         event_hooks: httpx event hooks, ``{"request": [...], "response": [...]}``. Request hooks
             see the ``x-api-key`` header: never log it.
         tracer_provider, meter_provider: OpenTelemetry providers for the client's spans and
@@ -619,6 +621,12 @@ def _check_options(
                     f"default_headers: the value of {name!r} holds a control character "
                     "(a line break would split the request: RFC 9110, section 5.5)"
                 )
+            if name.lower() in _FRAMING_HEADERS:
+                raise ValueError(
+                    f"default_headers: {name!r} describes the request's own body or target "
+                    "(the multipart upload and its length, the host), which the client sets for "
+                    "each request; it cannot be a default"
+                )
     if event_hooks is not None:
         require_instance("event_hooks", event_hooks, Mapping, "a mapping of hook name to a list")
         for name, functions in event_hooks.items():  # type: ignore[attr-defined]
@@ -631,6 +639,11 @@ def _check_options(
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Headers of one request's framing (RFC 9110 sections 8.3, 8.6 and 7.2; RFC 9112 section
+#: 6.1): a default for them would contradict the body or target each request has.
+_FRAMING_HEADERS = frozenset(
+    {"content-type", "content-length", "transfer-encoding", "host", "content-encoding"}
+)
 _PRIVATE_HEADERS = frozenset({"set-cookie", "authorization", "proxy-authorization", "x-api-key"})
 
 

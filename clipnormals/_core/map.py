@@ -140,6 +140,7 @@ class MapIterator(Generic[S]):
         self._task: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
+        self._abort: BaseException | None = None  # why the client ended the iteration
 
     @property
     def in_flight(self) -> int:
@@ -165,6 +166,7 @@ class MapIterator(Generic[S]):
 
     async def __anext__(self) -> MapItem[S]:
         if self._closed:
+            self._raise_abort()
             raise StopAsyncIteration
         if self._receive is None:
             self._task = asyncio.get_running_loop().create_task(self._start()())
@@ -187,6 +189,7 @@ class MapIterator(Generic[S]):
             await self.aclose()
             if failure is not None:
                 raise failure from None
+            self._raise_abort()
             raise StopAsyncIteration from None
         self._tally.delivered += 1
         return item
@@ -216,13 +219,30 @@ class MapIterator(Generic[S]):
         group.cancel_scope.cancel()
         try:
             if exc is None or isinstance(exc, asyncio.CancelledError):
-                return await group.__aexit__(exc_type, exc, tb)
+                swallowed = await group.__aexit__(exc_type, exc, tb)
+                if swallowed:
+                    # The block was cancelled from inside: by the client closing, say so.
+                    self._raise_abort()
+                return swallowed
             # The body's own error: stop the workers, then let it through unwrapped (a task
             # group would turn it into an exception group).
             await group.__aexit__(None, None, None)
             return None
         finally:
             self._finish()
+
+    async def abort(self, error: BaseException) -> None:
+        """End the iteration for a reason of the client's (it was closed): like
+        :meth:`aclose`, but the consumer's next step raises ``error`` (the ``async with`` block
+        raises it on exit) instead of ending as if every source had been done."""
+        if self._closed:
+            return
+        self._abort = error
+        await self.aclose()
+
+    def _raise_abort(self) -> None:
+        if self._abort is not None:
+            raise self._abort
 
     async def aclose(self) -> None:
         """Stop pulling sources and cancel the images in progress.

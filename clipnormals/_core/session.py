@@ -256,7 +256,12 @@ class Session:
         ):
             return
         for it in list(self.maps):
-            await it.aclose()
+            await it.abort(
+                ClientClosedError(
+                    "the client was closed while this map ran: the sources after the "
+                    f"{it.delivered} items delivered were not processed"
+                )
+            )
         if self.owns_http:
             await self.http.aclose()
 
@@ -540,10 +545,14 @@ class Session:
             cached = self.requests[endpoint.path] = (url, fixed)
         url, fixed = cached
         timeout = self.http.timeout if http_timeout is None else http_timeout
+        # httpx replaces a URL's query with the client's own parameters (an http_client's
+        # params=): given as parameters, the base URL's (a gateway's ?code=...) are kept too.
+        params = url.params if url.query and self.http.params else None
         if len(data) > INLINE_UPLOAD_BYTES:
             return self.http.build_request(
                 "POST",
                 url,
+                params=params,
                 files={endpoint.field: (prepared.filename, data, prepared.content_type)},
                 headers={"x-api-key": self.key.reveal(), "accept": endpoint.accept},
                 timeout=timeout,
@@ -556,6 +565,7 @@ class Session:
             return self.http.build_request(
                 "POST",
                 url,
+                params=params,
                 content=body,
                 headers={
                     "x-api-key": self.key.reveal(),
