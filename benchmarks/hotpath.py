@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import io
 import pstats
 import statistics
@@ -93,33 +94,18 @@ async def _post(http: httpx.AsyncClient, data: bytes) -> bool:
     return response.status_code == 200
 
 
-async def workers(images: Iterator[Any]) -> int:
+async def workers(images: Iterator[Any], *, check: bool = False) -> int:
+    """The lean worker loop; with ``check``, each image is first checked the way a careful
+    caller would (Pillow opens and decodes it: a file that cannot be decoded is not sent)."""
     done = 0
     async with _http() as http:
 
         async def worker() -> None:
             nonlocal done
             for data in images:
-                ok = await _post(http, data)
-                done += ok
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(CONCURRENCY):
-                tg.start_soon(worker)
-    return done
-
-
-async def checked_workers(images: Iterator[Any]) -> int:
-    """The worker loop, each image first checked the way a careful caller would (Pillow opens
-    and decodes it; a file that cannot be decoded is not sent)."""
-    done = 0
-    async with _http() as http:
-
-        async def worker() -> None:
-            nonlocal done
-            for data in images:
-                with Image.open(io.BytesIO(data)) as image:
-                    image.load()
+                if check:
+                    with Image.open(io.BytesIO(data)) as image:
+                        image.load()
                 ok = await _post(http, data)
                 done += ok
 
@@ -252,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ways: dict[str, tuple[Way, Sequence[Any]]] = {
         "bare (workers)": (workers, distinct),
         "bare (task per request)": (per_task, distinct),
-        "bare (workers) + check": (checked_workers, distinct),
+        "bare (workers) + check": (functools.partial(workers, check=True), distinct),
         "client.map": (ours, distinct),
         "client.map (prepared)": (ours, prepared),
     }
