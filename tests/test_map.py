@@ -321,3 +321,35 @@ async def test_closing_the_client_during_a_map_is_an_error_for_its_consumer(form
     await anyio.sleep(30)
     assert len(api.arrivals) == sent  # nothing more went out
     assert client.credits.reserved == 0
+
+
+def test_failed_items_a_caller_keeps_do_not_keep_their_images() -> None:
+    """A failed item's error carries no traceback, whose frames would hold the image: its
+    bytes (and its decoded pixels) go as soon as the item is delivered, however many are
+    kept."""
+    import asyncio
+    import tracemalloc
+
+    size = 2 * 2**20
+    rng = np.random.default_rng(0)
+
+    def broken_png(_: int) -> bytes:  # a PNG signature, then noise: refused before upload
+        return b"\x89PNG\r\n\x1a\n" + rng.bytes(size)
+
+    async def keep_every_item() -> list[clipnormals.MapItem[int]]:
+        async with clipnormals.AsyncClient(api_key=KEY, transport=FakeAPI().transport()) as c:
+            return [item async for item in c.map(range(20), image=broken_png)]
+
+    tracemalloc.start()
+    try:
+        kept = asyncio.run(keep_every_item())
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [type(item.error) for item in kept] == [clipnormals.InvalidImageError] * 20
+    first = kept[0].error
+    assert first is not None
+    assert first.__traceback__ is None
+    assert first.__cause__ is None or first.__cause__.__traceback__ is None
+    assert held < 4 * size  # 20 images were made; without the fix all 20 stay (40 MiB)

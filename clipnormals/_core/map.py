@@ -372,6 +372,7 @@ class _Pump(Generic[S]):
                 try:
                     value, attempts = await self._run(image, permit)
                     if isinstance(value, ClipnormalsError):
+                        _forget_locals(value)
                         item = MapItem(index=index, source=source, error=value, attempts=attempts)
                     else:
                         item = MapItem(index=index, source=source, result=value, attempts=attempts)
@@ -387,6 +388,25 @@ class _Pump(Generic[S]):
                         return
                 finally:
                     permit.release()
+
+
+def _forget_locals(error: BaseException) -> None:
+    """Drop the tracebacks of ``error``, its causes and its contexts. Failed items are often
+    kept (to report them, to try them again), and a traceback keeps its frames, which hold the
+    image: its bytes, its decoded pixels. (Clearing the frames instead would keep the file and
+    line numbers, but clearing a frame of a coroutine still suspended elsewhere, as one of a
+    shared error's could be, would close that coroutine.)"""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
 
 
 class _Sources(Generic[S]):

@@ -25,6 +25,8 @@ class MapItem(Generic[S]):
         source: the source as given.
         result: the normal map, or ``None`` on failure.
         error: why it failed, or ``None`` on success. ``CreditBudgetError`` means it was not sent.
+            It carries no traceback (nor do its causes): a traceback's frames would keep the
+            image (its bytes, its pixels) alive for as long as the item is kept.
         attempts: HTTP attempts made for it (0 when it was never sent).
 
     Example:
