@@ -16,9 +16,11 @@ a path, bytes, a binary file, a PIL image or a numpy array and returns a :class:
   are refused (``integrity``), whatever ``ImageFile.LOAD_TRUNCATED_IMAGES`` says; so are
   decompression bombs, before decoding.
 
-Each source is decoded once; what happens next is decided once, in a frozen plan
-(``plan``: an ``EncodePlan`` inside a ``Plan`` that keeps what the result reports), and ``reencode``
-returns the steps it took.
+A plain PNG (8-bit grey, RGB or RGBA, not interlaced, no metadata that could turn or animate
+it) is proved whole from its own structure without Pillow (``plainpng``), and sent as it is;
+anything else is decoded by Pillow. Each source is decoded once; what happens next is decided
+once, in a frozen plan (``plan``: an ``EncodePlan`` inside a ``Plan`` that keeps what the
+result reports), and ``reencode`` returns the steps it took.
 
 These are blocking functions: the async client runs them in a worker thread, or on its event
 loop for image bytes whose header declares a small image (``header``).
@@ -49,6 +51,7 @@ from .decode import require_the_end
 from .formats import CONTENT_TYPES, canonical_format, describe_unrecognised, sniff
 from .integrity import check_whole, download_hint
 from .orientation import exif_orientation
+from .plainpng import plain_png_size
 from .plan import LOSSY_SOURCES, Plan, PrepareOptions, plan_upload
 from .reencode import fit, reencode
 from .sources import (
@@ -242,6 +245,21 @@ def _prepare_data(
             )
         raise InvalidImageError(f"{label}: {describe_unrecognised(data)}")
     digest = hashlib.sha256(data).hexdigest()
+    if sniffed == "PNG" and len(data) <= options.max_bytes:
+        size = plain_png_size(data, _plain_limit(options))
+        if size is not None:
+            return PreparedImage(
+                data=data,
+                format="PNG",
+                content_type=CONTENT_TYPES["PNG"],
+                filename=_filename(source_name, "PNG"),
+                size=size,
+                display_size=size,
+                orientation=1,
+                source_sha256=digest,
+                source_name=source_name,
+                changes=(),
+            )
     try:
         return _prepare_decoded(data, sniffed, digest, source_name, label, options)
     except InvalidImageError as exc:
@@ -249,6 +267,17 @@ def _prepare_data(
         if not hint:
             raise
         raise InvalidImageError(str(exc) + hint) from exc.__cause__
+
+
+def _plain_limit(options: PrepareOptions) -> int:
+    """The most pixels a plain PNG may have to skip Pillow: above any limit that would make
+    the full path downscale, refuse or warn, the full path decides."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    return min(
+        options.max_pixels,
+        bomb_limit(options.bomb_pixels, options.max_pixels),
+        options.max_pixels if pillow_limit is None else pillow_limit,
+    )
 
 
 def _prepare_decoded(
