@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -102,6 +102,20 @@ class Attempts:
     first_started: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """An endpoint's URL and the headers of every upload to it.
+
+    ``extra`` (the key and ``accept``) goes to ``build_request`` with each upload; ``merged``,
+    for the session's own httpx client only, is its headers with ``extra`` already applied, so
+    a small upload is assembled without merging them again.
+    """
+
+    url: httpx.URL
+    extra: dict[str, str] = field(repr=False)
+    merged: httpx.Headers | None = field(repr=False)
+
+
 class _Secret:
     """Holds the API key; its repr and str never show it (tracebacks with locals included)."""
 
@@ -158,7 +172,7 @@ class Session:
         "pid",
         "prep_slots",
         "rate_limit_streak",
-        "requests",
+        "routes",
         "scrub",
         "slot_on_wire",
         "slots",
@@ -207,8 +221,7 @@ class Session:
         self.pid = os.getpid()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.maps: weakref.WeakSet[MapIterator[Any]] = weakref.WeakSet()
-        # Per endpoint path: its URL, and the headers every upload to it carries.
-        self.requests: dict[str, tuple[httpx.URL, httpx.Headers]] = {}
+        self.routes: dict[str, _Route] = {}  # per endpoint path, made at its first upload
 
     # -- binding -------------------------------------------------------------------------
 
@@ -536,54 +549,51 @@ class Session:
         merged once per endpoint, which ``build_request`` would merge again for every request
         (about a tenth of a bare request's CPU). Anything else goes through ``build_request``.
         """
-        data = prepared.data
-        cached = self.requests.get(endpoint.path)
-        if cached is None:
-            url = _endpoint_url(self.base_url, endpoint.path)
-            fixed = self.http.headers.copy()
-            fixed.update({"x-api-key": self.key.reveal(), "accept": endpoint.accept})
-            cached = self.requests[endpoint.path] = (url, fixed)
-        url, fixed = cached
+        route = self._route(endpoint)
         timeout = self.http.timeout if http_timeout is None else http_timeout
+        data = prepared.data
+        small = len(data) <= INLINE_UPLOAD_BYTES
+        if small:
+            content_type, body = multipart_upload(
+                endpoint.field, prepared.filename, prepared.content_type, data
+            )
+            if route.merged is not None:
+                headers = route.merged.copy()
+                headers["content-type"] = content_type
+                return httpx.Request(
+                    "POST",
+                    route.url,
+                    headers=headers,
+                    content=body,
+                    extensions={**extensions, "timeout": timeout.as_dict()},
+                )
         # httpx replaces a URL's query with the client's own parameters (an http_client's
         # params=): given as parameters, the base URL's (a gateway's ?code=...) are kept too.
-        params = url.params if url.query and self.http.params else None
-        if len(data) > INLINE_UPLOAD_BYTES:
-            return self.http.build_request(
-                "POST",
-                url,
-                params=params,
-                files={endpoint.field: (prepared.filename, data, prepared.content_type)},
-                headers={"x-api-key": self.key.reveal(), "accept": endpoint.accept},
-                timeout=timeout,
-                extensions=extensions,
-            )
-        content_type, body = multipart_upload(
-            endpoint.field, prepared.filename, prepared.content_type, data
-        )
-        if not self.owns_http:  # the caller's client: its cookies, parameters, overrides
-            return self.http.build_request(
-                "POST",
-                url,
-                params=params,
-                content=body,
-                headers={
-                    "x-api-key": self.key.reveal(),
-                    "accept": endpoint.accept,
-                    "content-type": content_type,
-                },
-                timeout=timeout,
-                extensions=extensions,
-            )
-        headers = fixed.copy()
-        headers["content-type"] = content_type
-        return httpx.Request(
+        params = route.url.params if route.url.query and self.http.params else None
+        return self.http.build_request(
             "POST",
-            url,
-            headers=headers,
-            content=body,
-            extensions={**extensions, "timeout": timeout.as_dict()},
+            route.url,
+            params=params,
+            content=body if small else None,
+            files=None
+            if small
+            else {endpoint.field: (prepared.filename, data, prepared.content_type)},
+            headers={**route.extra, "content-type": content_type} if small else route.extra,
+            timeout=timeout,
+            extensions=extensions,
         )
+
+    def _route(self, endpoint: Endpoint) -> _Route:
+        route = self.routes.get(endpoint.path)
+        if route is None:
+            extra = {"x-api-key": self.key.reveal(), "accept": endpoint.accept}
+            merged = None
+            if self.owns_http:  # nothing can change this client's headers later
+                merged = self.http.headers.copy()
+                merged.update(extra)
+            url = _endpoint_url(self.base_url, endpoint.path)
+            route = self.routes[endpoint.path] = _Route(url, extra, merged)
+        return route
 
     def _check_image(self, headers: httpx.Headers, body: bytes) -> ImageHeader:
         ctype = headers.get("content-type", "")
