@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 import clipnormals
@@ -113,3 +114,28 @@ async def test_loopback_server_never_sees_a_full_window(policy: str) -> None:
     assert stats.statuses.get(429, 0) == 0
     assert stats.max_in_window <= 60
     assert stats.requests == 90
+
+
+@pytest.mark.loopback
+async def test_a_stop_while_a_request_waits_on_the_wire_for_its_slot_sends_nothing_more() -> None:
+    # Over real sockets the slot is taken in httpcore's trace hook, with the connection open
+    # and the headers about to leave: a stop there must end the wait, not wait out the quota.
+    config = EmulatorConfig(keys={KEY: 100}, limit=None, synth="canned")
+    with start_in_thread(config) as server:
+        async with clipnormals.AsyncClient(
+            api_key=KEY,
+            base_url=server.url,
+            rate_limit=clipnormals.RateLimit(requests=2, per=1200.0),
+            max_concurrency=2,
+        ) as client:
+            assert client._session.slot_on_wire  # the path under test
+            with anyio.fail_after(30):
+                async with client.map(_images(2)) as results:
+                    first = await anext(results)
+                    await anyio.sleep(0.5)  # the second request is now waiting on the wire
+                    client.stop_sending()
+                    second = await anext(results)
+        requests = server.emulator.stats.requests
+    assert first.ok
+    assert isinstance(second.error, clipnormals.SendingStoppedError)
+    assert requests == 1

@@ -167,21 +167,17 @@ class StartGate:
         self.started: float | None = None
         self.extensions: dict[str, Any] = {"trace": self._trace} if on_wire else {}
 
-    async def open(self, *, scoped: bool = True) -> float:
+    async def open(self) -> float:
         """Take the slot now (once per attempt); return the start time.
 
-        ``scoped=False``: the caller waits in a scope of its own that a stop cancels (see
-        ``StopSignal.interruptible``), and no other is made here.
+        The caller waits in a scope that a stop cancels (``StopSignal.interruptible``): the
+        session's, around every wait before sending, or the hook's own on the wire.
 
         Raises:
             SendingStoppedError: the client stopped sending while this attempt waited.
         """
         if self.started is None:
-            if scoped:
-                with self._stop.interruptible():
-                    started = await self._limiter.acquire()
-            else:
-                started = await self._limiter.acquire()
+            started = await self._limiter.acquire()
             # A task woken at the instant its scope was cancelled (its wait already over) runs
             # on until it next yields: it must not send. The slot stays used (conservative).
             await anyio.lowlevel.checkpoint_if_cancelled()
@@ -193,7 +189,7 @@ class StartGate:
     async def _trace(self, event: str, info: dict[str, Any]) -> None:
         if event.endswith(_HEADERS_SENT) and self.started is None:
             waiting_since = anyio.current_time()
-            await self.open()
+            await self._open_interruptible()
             if anyio.current_time() - waiting_since > HOLD_LIMIT:
                 raise ConnectionHeldTooLong
 
@@ -206,4 +202,11 @@ class StartGate:
             "the transport sent a request without calling httpcore's trace hook; "
             "rate-limit slots are taken before sending from now on"
         )
-        return await self.open(), False
+        return await self._open_interruptible(), False
+
+    async def _open_interruptible(self) -> float:
+        """:meth:`open` in a scope of its own that a stop cancels (on the wire, and late)."""
+        with self._stop.interruptible():
+            await self.open()
+        self._stop.check()  # the stop ended the wait
+        return await self.open()  # taken by now: returns at once

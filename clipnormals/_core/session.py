@@ -395,7 +395,7 @@ class Session:
                     # shown that the transport never takes slots on the wire.
                     gate = StartGate(self.limiter, on_start, on_wire=self.slot_on_wire, stop=stop)
                     if not gate.extensions:  # not on the wire: the slot is taken before sending
-                        await gate.open(scoped=False)
+                        await gate.open()
                 # A stop's cancellation ends in that scope; a cancellation from outside goes on.
                 stop.check()
                 if waiting.cancelled_caught and last_error is not None:
