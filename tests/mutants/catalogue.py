@@ -995,6 +995,54 @@ INTEGRITY_TESTS = (
     INTEGRITY,
 )
 
+PLAIN_PNG = "clipnormals/_images/plainpng.py"
+PLAIN_PNG_TESTS = ("tests/test_plain_png.py", PLAIN_PNG)
+mutant(
+    "plain-png-filter-types-unchecked",
+    "preparation",
+    PLAIN_PNG,
+    "    return not starts or max(starts) <= 4",
+    "    return True",
+    tests=PLAIN_PNG_TESTS,
+    why="a row with an invalid filter type passes the plain check, which Pillow refuses",
+)
+mutant(
+    "plain-png-second-idat-run-joined",
+    "preparation",
+    PLAIN_PNG,
+    "                return None  # a second run: a decoder stops at the first",
+    "                pass",
+    tests=PLAIN_PNG_TESTS,
+    why="IDAT chunks split by another chunk are joined, where a decoder stops at the first run",
+)
+mutant(
+    "plain-png-trailing-zlib-bytes-allowed",
+    "preparation",
+    PLAIN_PNG,
+    "    return not pending and not inflater.unused_data and done == expected",
+    "    return done == expected",
+    tests=PLAIN_PNG_TESTS,
+    why="bytes after the end of the zlib stream are not noticed",
+)
+mutant(
+    "plain-png-limit-not-applied",
+    "preparation",
+    PLAIN_PNG,
+    "                or width * height > max_pixels\n",
+    "",
+    tests=PLAIN_PNG_TESTS,
+    why="a plain PNG above the pixel limit skips the full path: no downscale, no strict refusal",
+)
+mutant(
+    "plain-png-bomb-limit-ignored",
+    "preparation",
+    PREPARE,
+    "        bomb_limit(options.bomb_pixels, options.max_pixels),\n",
+    "",
+    tests=PLAIN_PNG_TESTS,
+    why="a plain PNG above the decompression-bomb limit the application set is sent",
+)
+
 mutant(
     "prep-strict-refuses-exactly-25mp",
     "preparation",
@@ -1569,6 +1617,22 @@ mutant(
     tests=("tests/test_quota.py", "tests/test_retries.py"),
     why="the limiter is told when the attempt began waiting, not when it started: it cannot "
     "find the start a 429 refused, and learns nothing",
+)
+
+GATE = "clipnormals/_core/gate.py"
+mutant(
+    "gate-wire-wait-ignores-the-stop",
+    "session",
+    GATE,
+    "        self._stop.check()  # the stop ended the wait\n",
+    "",
+    tests=(
+        "tests/test_integration.py::"
+        "test_a_stop_while_a_request_waits_on_the_wire_for_its_slot_sends_nothing_more",
+    ),
+    why="a stop that ends a wait on the wire is swallowed: the request waits out the quota "
+    "again and is sent after the stop",
+    timeout=60.0,
 )
 
 # --- Redis limiter: clipnormals/_redis/limiter.py ---------------------------------------------
