@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 
 __all__ = [
+    "NAME_MAX",
     "TEMP_SUFFIX",
     "atomic_write_bytes",
     "ensure_folder",
     "fsync_dir",
     "remove_stale_temporaries",
+    "temporary_name",
     "write_all",
 ]
 
@@ -132,6 +134,8 @@ def atomic_write_bytes(
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _names = itertools.count()
+#: The longest file name, in bytes, that Linux, macOS and the BSDs accept (``NAME_MAX``).
+NAME_MAX = 255
 
 
 def _create_temporary(folder: Path, name: str) -> tuple[str, int]:
@@ -141,12 +145,30 @@ def _create_temporary(folder: Path, name: str) -> tuple[str, int]:
     every system call a worker thread makes is a chance for it to take the interpreter lock
     from the event loop. Names are unique per process and call (a random name only after a
     clash, such as a file a killed process with the same id left behind)."""
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_names)}{TEMP_SUFFIX}")
+    tmp = os.path.join(folder, temporary_name(name, f"{os.getpid()}-{next(_names)}"))
     try:
         return tmp, os.open(tmp, _CREATE, 0o666)
     except FileExistsError:
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        tmp = os.path.join(folder, temporary_name(name, secrets.token_hex(6)))
         return tmp, os.open(tmp, _CREATE, 0o666)
+
+
+def temporary_name(name: str, tag: str) -> str:
+    """``.NAME.TAG.clipnormals-tmp``, with ``name`` cut short (whole characters) so that the
+    result fits :data:`NAME_MAX` bytes: a target whose own name is near the limit can still be
+    written.
+
+    Example:
+        >>> temporary_name("out.jpg", "7-0")
+        '.out.jpg.7-0.clipnormals-tmp'
+        >>> len(os.fsencode(temporary_name("é" * 127, "7-0")))
+        255
+    """
+    room = NAME_MAX - len(os.fsencode(f"..{tag}{TEMP_SUFFIX}"))
+    name = name[:room]
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}.{tag}{TEMP_SUFFIX}"
 
 
 def write_all(fd: int, data: bytes) -> None:

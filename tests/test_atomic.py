@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from clipnormals._atomic import (
+    NAME_MAX,
     TEMP_SUFFIX,
     atomic_write_bytes,
     fsync_dir,
     remove_stale_temporaries,
+    temporary_name,
 )
 
 PROC_FD = Path("/proc/self/fd")
@@ -174,3 +176,19 @@ def test_only_temporaries_actually_removed_are_counted(
     assert remove_stale_temporaries(tmp_path) == 1
     assert stuck.exists()
     assert not gone.exists()
+
+
+@pytest.mark.parametrize("stem", ["a" * 243, "é" * 121, "写" * 81])
+def test_a_target_whose_name_is_near_the_limit_is_written(tmp_path: Path, stem: str) -> None:
+    name = stem + ".normals.jpg"  # 255, 254 and 255 bytes: the longest names a folder takes
+    assert 250 <= len(os.fsencode(name)) <= NAME_MAX
+    atomic_write_bytes(tmp_path / name, b"data")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_bytes() == b"data"
+
+
+def test_a_long_name_keeps_its_temporary_recognisable_for_the_cleanup(tmp_path: Path) -> None:
+    temporary = temporary_name("b" * 250, "123-4")
+    assert len(os.fsencode(temporary)) == NAME_MAX
+    (tmp_path / temporary).write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path) == 1
