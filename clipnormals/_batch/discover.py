@@ -36,6 +36,7 @@ from .._images.formats import sniff
 from .errors import BatchInputError
 
 __all__ = [
+    "OUTPUT_SUFFIX",
     "Discovery",
     "InputFile",
     "NotRegularFileError",
@@ -43,6 +44,7 @@ __all__ = [
     "discover",
     "file_digest",
     "hash_file",
+    "is_output_name",
     "looks_like_image",
     "open_regular",
     "read_regular",
@@ -59,6 +61,9 @@ IMAGE_SUFFIXES = frozenset(
     }
 )  # fmt: skip
 
+#: What this package adds to an image's name for its normal map (the batch's outputs, and the
+#: ``normals`` command's default next to the image).
+OUTPUT_SUFFIX = ".normals.jpg"
 _SNIFF_BYTES = 64  # enough for every signature, ftyp brands included
 _LIST_MAX_BYTES = 64 * 1024 * 1024
 
@@ -186,6 +191,16 @@ def sniff_image_format(head: bytes) -> str | None:
     return sniff(head)
 
 
+def is_output_name(name: str) -> bool:
+    """Whether a file name is one this package gives a normal map: ``<name>.normals.jpg``.
+
+    Example:
+        >>> is_output_name("me.png.normals.jpg"), is_output_name("me.png")
+        (True, False)
+    """
+    return len(name) > len(OUTPUT_SUFFIX) and name.lower().endswith(OUTPUT_SUFFIX)
+
+
 def _named_like_image(name: str) -> bool:
     return _suffix(name).lower() in IMAGE_SUFFIXES
 
@@ -263,12 +278,16 @@ class Discovery:
             exist, broken links, link loops, FIFOs, devices, folders named like an image.
         ignored: files in folders that are not images, and links to folders.
         hidden: hidden files and folders left out of the search.
+        outputs: files in folders named ``<name>.normals.jpg``, the name this package gives a
+            normal map, left out of the search: sending a normal map for a portrait would
+            spend a credit on it. Named directly, such a file is an input like any other.
     """
 
     files: tuple[InputFile, ...]
     invalid: tuple[tuple[str, str, str], ...] = ()
     ignored: int = 0
     hidden: int = 0
+    outputs: int = 0
 
 
 @dataclass(slots=True)
@@ -280,6 +299,7 @@ class _Collector:
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
     ignored: int = 0
     hidden: int = 0
+    outputs: int = 0
 
     def add(self, path: str | os.PathLike[str], key: str) -> None:
         # The first input that reaches a file names it: a file given twice is processed once.
@@ -338,6 +358,7 @@ def discover(
         invalid=tuple(collector.invalid),
         ignored=collector.ignored,
         hidden=collector.hidden,
+        outputs=collector.outputs,
     )
 
 
@@ -399,7 +420,9 @@ def _walk(collector: _Collector, root: Path) -> None:
                 if not collector.excluded(Path(entry.path)):
                     subfolders.append((entry.path, key + "/"))
             elif reason == "file":
-                if looks_like_image(entry.path):
+                if is_output_name(name):
+                    collector.outputs += 1
+                elif looks_like_image(entry.path):
                     collector.add(os.path.realpath(entry.path), key)
                 else:
                     collector.ignored += 1

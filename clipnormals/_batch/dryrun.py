@@ -67,7 +67,8 @@ class DryRunReport:
         to_send: uploads that would be made (one per distinct valid content).
         invalid: ``(source, reason)`` for every source that would be rejected.
         changes: how many uploads would be changed on the way, by kind (``"downscaled"``...).
-        ignored: files in folders that are not images; hidden: hidden files and folders.
+        ignored: files in folders that are not images; hidden: hidden files and folders;
+        outputs: earlier normal maps (``<name>.normals.jpg``) left out of folders.
         credits_needed: credits the uploads would cost (one each).
         balance: the last balance a run saw and when (``None``: never seen).
         budget, reserve: the client's credit limits.
@@ -91,6 +92,7 @@ class DryRunReport:
     changes: dict[str, int] = field(default_factory=dict)
     ignored: int = 0
     hidden: int = 0
+    outputs: int = 0
     credits_needed: int = 0
     balance: tuple[int, str] | None = None
     budget: int | None = None
@@ -250,6 +252,7 @@ async def _dry_run(
         changes=dict(changes),
         ignored=plan.discovery.ignored,
         hidden=plan.discovery.hidden,
+        outputs=plan.discovery.outputs,
         credits_needed=valid,
         balance=balance,
         budget=policy.budget,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .discover import InputFile
+from .discover import OUTPUT_SUFFIX, InputFile
 from .manifest import ManifestRecord
 
 __all__ = ["RECEIPTS_DIR", "SHEETS_DIR", "Job", "JobState", "Member", "Outputs"]
@@ -34,7 +34,7 @@ class Outputs:
     @property
     def normals(self) -> str:
         """``<key>.normals.jpg``: the response bytes."""
-        return f"{self.key}.normals.jpg"
+        return self.key + OUTPUT_SUFFIX
 
     @property
     def npz(self) -> str:

@@ -687,8 +687,12 @@ def test_counts_are_in_good_english_and_hidden_files_are_counted(
     (root / "notes.txt").write_text("a note")
     (root / ".hidden.png").write_bytes(noise_image(2))
     (root / ".cache").mkdir()
+    (root / "a.png.normals.jpg").write_bytes(noise_image(3))
     dry = run(batch([str(root)], tmp_path / "out", server.url, "--dry-run", "-v"), tmp_path)
-    assert "(1 other file ignored, 2 hidden)" in dry.stdout
+    assert (
+        "(1 other file ignored, 2 hidden, 1 earlier normal map (*.normals.jpg) left out)"
+        in dry.stdout
+    )
     assert "to upload: 1 credit" in dry.stdout
     # -v lists every image's plan.
     assert re.search(r"upload\s+a\.png", dry.stdout)

@@ -54,6 +54,24 @@ def test_folder_is_searched_by_content(tmp_path: Path) -> None:
     assert all(f.path.is_absolute() for f in found.files)
 
 
+def test_earlier_normal_maps_in_a_folder_are_left_out_unless_named(tmp_path: Path) -> None:
+    # `clipnormals normals IMAGE` writes IMAGE.normals.jpg next to the image: a later batch
+    # over that folder must not pay for a normal map of the normal map.
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "me.png").write_bytes(image_bytes("PNG"))
+    (root / "me.png.normals.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "sub" / "you.JPG.NORMALS.JPG").write_bytes(image_bytes("JPEG"))
+    (root / ".normals.jpg").write_bytes(image_bytes("JPEG"))  # hidden, not an output
+    (root / "normals.jpg").write_bytes(image_bytes("JPEG"))  # a portrait with an odd name
+    found = discover([root], cwd=tmp_path)
+    assert keys(found.files) == ["me.png", "normals.jpg"]
+    assert (found.outputs, found.hidden, found.ignored) == (2, 1, 0)
+    named = discover([root / "me.png.normals.jpg"], cwd=tmp_path)
+    assert keys(named.files) == ["me.png.normals.jpg"]
+    assert named.outputs == 0
+
+
 def test_output_folder_inside_the_input_is_left_out(tmp_path: Path) -> None:
     (tmp_path / "in" / "out").mkdir(parents=True)
     (tmp_path / "in" / "a.png").write_bytes(image_bytes("PNG"))
