@@ -348,6 +348,19 @@ async def test_headers_that_cannot_be_sent_are_refused_when_the_client_is_built(
         clipnormals.AsyncClient(api_key=KEY, default_headers=headers)
 
 
+@pytest.mark.parametrize(
+    "name", ["Content-Type", "content-length", "TRANSFER-ENCODING", "Host", "Content-Encoding"]
+)
+async def test_an_http_client_whose_headers_describe_a_body_is_refused(name: str) -> None:
+    # Before: a Content-Type there broke only uploads over 256 KiB (httpx's own multipart
+    # encoder keeps a client's Content-Type); a Content-Length broke every upload with h11's
+    # own error, untranslated.
+    http = httpx.AsyncClient(headers={name: "10"})
+    with pytest.raises(ValueError, match=f"http_client=: its headers name {name.lower()}"):
+        clipnormals.AsyncClient(api_key=KEY, http_client=http)
+    await http.aclose()
+
+
 async def test_a_header_with_a_tab_and_punctuation_is_sent() -> None:
     api = FakeAPI()
     headers = {"x-trace.id_1": "a\tb; c=d"}

@@ -323,6 +323,36 @@ async def test_closing_the_client_during_a_map_is_an_error_for_its_consumer(form
     assert client.credits.reserved == 0
 
 
+@pytest.mark.parametrize("form", ["async for", "async with"])
+async def test_closing_the_client_after_every_item_was_delivered_loses_nothing(form: str) -> None:
+    api = FakeAPI(credits=None)
+    client = _client(api)
+    sources = [prepared(i) for i in range(2)]
+    got = []
+    if form == "async for":
+        items = client.map(sources)
+        got += [await anext(items), await anext(items)]
+        await anyio.sleep(1)  # every worker found the sources ended
+        await client.aclose()
+        got += [item async for item in items]  # ends as it would have
+    else:
+        async with client.map(sources) as items:
+            got += [await anext(items), await anext(items)]
+            await anyio.sleep(1)
+            await client.aclose()
+            got += [item async for item in items]
+    assert [item.ok for item in got] == [True, True]
+
+
+async def test_entering_a_map_of_a_client_closed_since_raises_client_closed() -> None:
+    client = _client(FakeAPI())
+    items = client.map([prepared(0)])
+    await client.aclose()
+    with pytest.raises(clipnormals.ClientClosedError):
+        async with items:
+            pass
+
+
 def test_failed_items_a_caller_keeps_do_not_keep_their_images() -> None:
     """A failed item's error carries no traceback, whose frames would hold the image: its
     bytes (and its decoded pixels) go as soon as the item is delivered, however many are

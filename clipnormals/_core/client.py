@@ -163,6 +163,13 @@ class AsyncClient:
                 raise ValueError(
                     f"http_client= is configured already: set {', '.join(clashing)} on it"
                 )
+            framing = sorted(name for name in http_client.headers if name in _FRAMING_HEADERS)
+            if framing:
+                raise ValueError(
+                    f"http_client=: its headers name {', '.join(framing)}, which describe one "
+                    "request's own body or target (the multipart upload and its length, the "
+                    "host); the client sets them for each request: remove them from its headers"
+                )
         key = resolve_api_key(api_key)
         base = check_base_url(resolve_base_url(base_url))
         self.rate_limit = rate_limit or RateLimit()

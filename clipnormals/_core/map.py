@@ -89,12 +89,18 @@ _Run = Callable[[Any, UploadPermit], Awaitable[tuple[Any, int]]]
 class _Tally:
     """Counts shared by the pump and the iterator (the pump must not hold the iterator)."""
 
-    __slots__ = ("delivered", "failure", "pulled")
+    __slots__ = ("delivered", "exhausted", "failure", "pulled")
 
     def __init__(self) -> None:
         self.pulled = 0
         self.delivered = 0
+        self.exhausted = False  # the sources ran out
         self.failure: BaseException | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every source was pulled and its item delivered: nothing is left to lose."""
+        return self.exhausted and self.failure is None and self.delivered == self.pulled
 
 
 class MapIterator(Generic[S]):
@@ -195,6 +201,8 @@ class MapIterator(Generic[S]):
         return item
 
     async def __aenter__(self) -> Self:
+        if self._closed:
+            self._raise_abort()  # the client was closed before the block began
         if self._receive is not None or self._closed:
             raise RuntimeError("enter client.map(...) with `async with` before iterating it")
         pump = self._start()
@@ -234,10 +242,12 @@ class MapIterator(Generic[S]):
     async def abort(self, error: BaseException) -> None:
         """End the iteration for a reason of the client's (it was closed): like
         :meth:`aclose`, but the consumer's next step raises ``error`` (the ``async with`` block
-        raises it on exit) instead of ending as if every source had been done."""
+        raises it on exit) instead of ending as if every source had been done. An iteration
+        whose every item was delivered already ends as it would have."""
         if self._closed:
             return
-        self._abort = error
+        if not self._tally.complete:
+            self._abort = error
         await self.aclose()
 
     def _raise_abort(self) -> None:
@@ -349,6 +359,7 @@ class _Pump(Generic[S]):
                     try:
                         source = await sources.next()
                     except StopAsyncIteration:
+                        tally.exhausted = True
                         return
                     except Exception as exc:  # the caller's iterable failed: stop everything
                         if tally.failure is None:
