@@ -10,6 +10,7 @@ is served by copying that output instead of sending again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .manifest import (
     ManifestState,
     read_manifest,
 )
-from .receipts import read_receipt
+from .receipts import find_receipts
 from .records import Records
 from .shard import Shard
 
@@ -227,27 +228,33 @@ def _adopt(
 
     The upload's credit goes on the first adopted record of a content whose payment no record
     shows yet; every other adopted source is recorded as a copy."""
+    jobs = [job for job in jobs if job.pending]
+    on_disk: dict[str, tuple[str, int]] = {}  # member key -> the output's SHA-256 and size
+    for job in jobs:
+        for member in job.pending:
+            path = output_dir / member.outputs.normals
+            if path.is_file():  # rare: an output without a trustworthy record
+                with contextlib.suppress(OSError):
+                    on_disk[member.key] = (hash_file(path), path.stat().st_size)
+    if not on_disk:
+        return []
+    wanted = [
+        (on_disk[member.key][0], job.sha256)
+        for job in jobs
+        for member in job.pending
+        if member.key in on_disk
+    ]
+    receipts = find_receipts(output_dir, wanted)
     adopted: list[ManifestRecord] = []
     for job in jobs:
-        if not job.pending:
-            continue
         keep: list[Member] = []
         first: str | None = None
         recorded = any(r.credits for r in paid.get(job.sha256, ()))
         for member in job.pending:
-            path = output_dir / member.outputs.normals
-            receipt = None
-            if path.is_file():  # rare: an output without a trustworthy record
-                try:
-                    digest = hash_file(path)
-                except OSError:
-                    digest = ""
-                receipt = read_receipt(output_dir, digest, job.sha256) if digest else None
-                if receipt is not None and (
-                    receipt.source_sha256 != job.sha256
-                    or receipt.output_size != path.stat().st_size
-                ):
-                    receipt = None
+            digest, size = on_disk.get(member.key, ("", -1))
+            receipt = receipts.get((digest, job.sha256))
+            if receipt is not None and receipt.output_size != size:
+                receipt = None
             if receipt is None:
                 keep.append(member)
                 continue

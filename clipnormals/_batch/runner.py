@@ -70,6 +70,7 @@ from .manifest import Geometry, ManifestRecord, ManifestWriteError, ManifestWrit
 from .outcomes import STOPS, RunContext, StopReason, classify
 from .plan import BatchPlan, make_plan
 from .progress import BatchProgress, BatchSummary, PaceMeter, progress_fields
+from .receipts import ReceiptLog
 from .records import Records
 from .sheets import SheetEntry, write_contact_sheets
 from .writing import read_output, write_content, write_fresh
@@ -183,6 +184,7 @@ class _Runner:
             else anyio.CapacityLimiter(max(config.threads, client.max_concurrency))
         )
         self.known_folders: set[Path] = set()  # folders known to exist (ensure_folder's cache)
+        self.receipts = ReceiptLog(config.output_dir)
         self.writing = 0  # worker threads writing an upload's outputs, not yet committing
         self.writing_lock = threading.Lock()
         self.writer = ManifestWriter(
@@ -254,6 +256,7 @@ class _Runner:
                 try:
                     await self._finish()
                 finally:
+                    self.receipts.close()
                     await anyio.to_thread.run_sync(self.writer.close)
         summary = self.summary()
         self.reporter.finish(summary)
@@ -669,6 +672,7 @@ class _Runner:
                 source_sha256=job.sha256,
                 credits=credits,
                 done_at=records.now,
+                receipts=self.receipts,
                 known=self.known_folders,
             )
         finally:

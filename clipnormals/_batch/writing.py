@@ -30,7 +30,7 @@ from .._normals.sheets import contact_sheet
 from .config import BatchConfig
 from .jobs import Member
 from .manifest import Geometry, ManifestRecord
-from .receipts import Receipt, write_receipt
+from .receipts import Receipt, ReceiptLog
 from .records import Content
 
 __all__ = [
@@ -82,10 +82,13 @@ def write_fresh(
     source_sha256: str,
     credits: int,
     done_at: str,
+    receipts: ReceiptLog,
     known: set[Path] | None = None,
 ) -> tuple[Content, set[Path]]:
-    """Write a fresh upload's answer (hashed here, off the event loop) with its receipt, as the
-    normal map of every source in ``members``; see :func:`write_content`.
+    """Write a fresh upload's answer (hashed here, off the event loop) as the normal map of
+    every source in ``members`` (see :func:`write_content`), its receipt first, in
+    ``receipts``: an output on the disk always has the proof that it belongs to its source,
+    even when the record that follows is lost.
 
     Returns:
         The content written, and the folders to flush before its records are appended.
@@ -99,7 +102,8 @@ def write_fresh(
         credits=credits,
         done_at=done_at,
     )
-    return content, write_content(config, content, members, receipt=receipt, known=known)
+    receipts.write(receipt, known=known)
+    return content, write_content(config, content, members, known=known)
 
 
 def write_content(
@@ -108,14 +112,11 @@ def write_content(
     members: Sequence[Member],
     *,
     extras_for: Sequence[Member] = (),
-    receipt: Receipt | None = None,
     known: set[Path] | None = None,
 ) -> set[Path]:
     """Write ``content`` as the normal map of every source in ``members``, and the missing
     extras of those and of ``extras_for`` (sources whose normal map is already in place).
 
-    ``receipt`` (a fresh upload's) is written first, so that an output on the disk always has
-    the proof that it belongs to its source, even when the record that follows is lost.
     ``known``: folders known to exist (see :func:`clipnormals._atomic.ensure_folder`).
 
     Returns:
@@ -127,8 +128,6 @@ def write_content(
     """
     out = config.output_dir
     folders: set[Path] = set()
-    if receipt is not None:
-        write_receipt(out, receipt, known=known)
     for member in members:
         path = out / member.outputs.normals
         folders.update(atomic_write_bytes(path, content.jpeg, sync_folder=False, known=known))

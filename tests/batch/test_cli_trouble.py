@@ -546,6 +546,9 @@ def test_outputs_whose_records_were_lost_are_adopted_not_bought_again(
     assert run(args, tmp_path).returncode == 0
     paid = server.emulator.stats.credits_charged
     assert paid == corpus.distinct
+    # the run's receipts: one log, a line per upload (not a file each)
+    (log,) = (out / ".clipnormals" / "receipts").iterdir()
+    assert len(log.read_bytes().splitlines()) == paid
     manifest = out / "manifest.jsonl"
     data = manifest.read_bytes()
     manifest.write_bytes(data[: len(data) * 3 // 10])  # cut at 30%, mid-line

@@ -8,13 +8,21 @@ receipts) and read the decision, so that each rule is checked where it is taken.
 from __future__ import annotations
 
 import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from clipnormals._batch.manifest import ManifestRecord, ManifestWriter, RecordStatus
 from clipnormals._batch.plan import BatchPlan, make_plan
-from clipnormals._batch.receipts import Receipt, write_receipt
+from clipnormals._batch.receipts import (
+    Receipt,
+    ReceiptLog,
+    find_receipts,
+    receipt_path,
+    write_receipt,
+)
 
 from .corpus import make_corpus, noise_image
 
@@ -173,3 +181,64 @@ async def test_an_output_is_adopted_only_through_a_receipt_for_its_own_content(
     result = await plan(root, out, [])
     assert result.adopted == []
     assert decision(result, "a.png") == decision(result, "b.png") == "send"
+
+
+async def test_receipts_of_the_earlier_layout_are_still_read(tmp_path: Path) -> None:
+    # One file per receipt, as runs before the receipt logs wrote them.
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(11)
+    (root / "a.png").write_bytes(content)
+    out.mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    legacy = receipt_path(out, sha(MAP), sha(content))
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "output_sha256": sha(MAP),
+                "output_size": len(MAP),
+                "source_sha256": sha(content),
+                "geometry": None,
+                "credits": 1,
+                "done_at": "2026-11-01T00:00:00Z",
+            }
+        )
+    )
+    result = await plan(root, out, [])
+    assert [(r.source, r.credits) for r in result.adopted] == [("a.png", 1)]
+
+
+async def test_a_receipt_cut_short_in_a_log_is_passed_over_and_the_rest_are_read(
+    tmp_path: Path,
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    first, second = noise_image(12), noise_image(13)
+    (root / "a.png").write_bytes(first)
+    (root / "b.png").write_bytes(second)
+    out.mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    (out / "b.png.normals.jpg").write_bytes(MAP)
+    with ReceiptLog(out) as log:
+        log.write(Receipt(sha(MAP), len(MAP), sha(first), credits=1))
+        log.write(Receipt(sha(MAP), len(MAP), sha(second), credits=1))
+    (written,) = (out / ".clipnormals" / "receipts").glob("*.jsonl")
+    lines = written.read_bytes().splitlines(keepends=True)
+    written.write_bytes(lines[0] + lines[1][:-20])  # a kill in the middle of the second
+    result = await plan(root, out, [])
+    assert [r.source for r in result.adopted] == ["a.png"]
+    assert decision(result, "b.png") == "send"
+
+
+def test_a_receipt_log_keeps_every_line_whole_when_threads_write_at_once(
+    tmp_path: Path,
+) -> None:
+    receipts = [Receipt(f"{i:064x}", i, f"{i + 1:064x}", credits=1) for i in range(400)]
+    with ReceiptLog(tmp_path) as log, ThreadPoolExecutor(8) as pool:
+        list(pool.map(log.write, receipts))
+    assert find_receipts(tmp_path, [(r.output_sha256, r.source_sha256) for r in receipts]) == {
+        (r.output_sha256, r.source_sha256): r for r in receipts
+    }
+    assert len(list((tmp_path / ".clipnormals" / "receipts").iterdir())) == 1  # one log
