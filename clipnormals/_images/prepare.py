@@ -248,18 +248,7 @@ def _prepare_data(
     if sniffed == "PNG" and len(data) <= options.max_bytes:
         size = plain_png_size(data, _plain_limit(options))
         if size is not None:
-            return PreparedImage(
-                data=data,
-                format="PNG",
-                content_type=CONTENT_TYPES["PNG"],
-                filename=_filename(source_name, "PNG"),
-                size=size,
-                display_size=size,
-                orientation=1,
-                source_sha256=digest,
-                source_name=source_name,
-                changes=(),
-            )
+            return _untouched(data, "PNG", size, digest, source_name)
     try:
         return _prepare_decoded(data, sniffed, digest, source_name, label, options)
     except InvalidImageError as exc:
@@ -267,6 +256,24 @@ def _prepare_data(
         if not hint:
             raise
         raise InvalidImageError(str(exc) + hint) from exc.__cause__
+
+
+def _untouched(
+    data: bytes, fmt: str, size: tuple[int, int], digest: str, source_name: str | None
+) -> PreparedImage:
+    """``data`` to be uploaded as it is."""
+    return PreparedImage(
+        data=data,
+        format=fmt,
+        content_type=CONTENT_TYPES[fmt],
+        filename=_filename(source_name, fmt),
+        size=size,
+        display_size=size,
+        orientation=1,
+        source_sha256=digest,
+        source_name=source_name,
+        changes=(),
+    )
 
 
 def _plain_limit(options: PrepareOptions) -> int:
@@ -309,18 +316,7 @@ def _prepare_decoded(
             untouched = fmt in CONTENT_TYPES and orientation == 1 and not animated
             if untouched and target is None:
                 if len(data) <= options.max_bytes:
-                    return PreparedImage(
-                        data=data,
-                        format=fmt,
-                        content_type=CONTENT_TYPES[fmt],
-                        filename=_filename(source_name, fmt),
-                        size=size,
-                        display_size=size,
-                        orientation=1,
-                        source_sha256=digest,
-                        source_name=source_name,
-                        changes=(),
-                    )
+                    return _untouched(data, fmt, size, digest, source_name)
                 if options.strict:
                     raise InvalidImageError(
                         f"{label}: the file is {len(data):,} bytes, above the limit of "
