@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .._atomic import remove_stale_temporaries
+from .._atomic import NAME_MAX, remove_stale_temporaries
 from .config import BatchConfig
 from .errors import ManifestPathError, OutputFolderError
 from .manifest import ManifestRecord, ManifestState, ManifestWriter
@@ -135,13 +135,29 @@ def _is_manifest(head: bytes) -> bool:
     return True
 
 
+def require_short_name(path: Path) -> None:
+    """Refuse a file name longer than the file system takes (:data:`NAME_MAX` bytes).
+
+    Raises:
+        OutputFolderError: the name is too long.
+    """
+    size = len(os.fsencode(path.name))
+    if size > NAME_MAX:
+        raise OutputFolderError(
+            f"{path}: its name is {size} bytes, above the file-name limit of {NAME_MAX} bytes; "
+            "name a shorter file"
+        )
+
+
 def check_output_file(path: Path) -> None:
     """Prove that a file can be written at ``path`` without creating anything. Blocking.
 
     Raises:
-        OutputFolderError: ``path`` is a folder, or its folder (or the nearest existing parent
-            of it) is a file, is read-only, or has no room.
+        OutputFolderError: ``path``'s name is too long for a file name, ``path`` is a folder,
+            or its folder (or the nearest existing parent of it) is a file, is read-only, or
+            has no room.
     """
+    require_short_name(path)
     if path.is_dir():
         raise OutputFolderError(f"{path} is a folder: name a file to write")
     _check_folder(path.absolute().parent, create=False)

@@ -135,7 +135,7 @@ class Geometry:
             w, h = (int(v) for v in data["size"])
             dw, dh = (int(v) for v in data["display_size"])
             orientation = int(data.get("orientation", 1))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise ValueError(f"not a geometry: {exc}") from None
         if min(w, h, dw, dh) < 1 or not 1 <= orientation <= 8:
             raise ValueError("not a geometry: sizes must be positive, orientation 1..8")
@@ -220,7 +220,10 @@ class ManifestRecord:
     @classmethod
     def from_json(cls, line: str) -> ManifestRecord:
         """Parse one line; raise ValueError when it is not a record."""
-        data = json.loads(line)
+        try:
+            data = json.loads(line)
+        except RecursionError:  # brackets nested deeper than the parser goes
+            raise ValueError("not a manifest record: nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("a manifest line must be a JSON object")
         return cls.from_dict(data)

@@ -14,13 +14,14 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import anyio
 import anyio.to_thread
 
+from .._atomic import NAME_MAX
 from .discover import Discovery, InputFile, discover, file_digest, hash_file
-from .jobs import Job, Member
+from .jobs import Job, Member, Outputs
 from .manifest import (
     COMPLETE,
     ManifestRecord,
@@ -153,6 +154,23 @@ def output_intact(output_dir: Path, record: ManifestRecord) -> bool:
         return False
 
 
+def _long_output_name(key: str) -> str:
+    """Why the source's outputs could not be written under their names (too long for a file
+    name), or ``""``. Checked before anything is sent: no credit for an output with nowhere to
+    go."""
+    outputs = Outputs(key)
+    longest = max(
+        len(os.fsencode(PurePosixPath(name).name))
+        for name in (outputs.normals, outputs.npz, outputs.preview)
+    )
+    if longest <= NAME_MAX:
+        return ""
+    return (
+        f"its outputs' names would be {longest} bytes, above the file-name limit of "
+        f"{NAME_MAX} bytes; rename the source"
+    )
+
+
 def _resolve(
     discovery: Discovery,
     state: ManifestState,
@@ -181,6 +199,10 @@ def _resolve(
                     f"cannot read the file: {digest.strerror or digest}",
                 )
             )
+            continue
+        too_long = _long_output_name(f.key)
+        if too_long:
+            unreadable.append(records.unreadable(f.key, f.fspath, "NameTooLong", too_long))
             continue
         job = jobs.get(digest)
         if job is None:

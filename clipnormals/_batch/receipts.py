@@ -145,8 +145,8 @@ def find_receipts(
                 found[pair] = receipt
                 missing.discard(pair)
     for pair in missing:
-        with contextlib.suppress(OSError, ValueError):
-            receipt = _from_json(json.loads(receipt_path(output_dir, *pair).read_bytes()))
+        with contextlib.suppress(OSError):
+            receipt = _from_json(_parsed(receipt_path(output_dir, *pair).read_bytes()))
             if receipt is not None and (receipt.output_sha256, receipt.source_sha256) == pair:
                 found[pair] = receipt
     return found
@@ -160,8 +160,16 @@ def _logged(folder: Path) -> Iterator[Any]:
     for log in logs:
         with contextlib.suppress(OSError), log.open("rb") as lines:
             for line in lines:
-                with contextlib.suppress(ValueError):
-                    yield json.loads(line)
+                yield _parsed(line)
+
+
+def _parsed(text: bytes) -> Any:
+    """The JSON value of ``text``; ``None`` for anything else (cut short, garbage, nested
+    deeper than the parser goes)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _to_json(receipt: Receipt) -> dict[str, Any]:
@@ -177,8 +185,9 @@ def _to_json(receipt: Receipt) -> dict[str, Any]:
 
 
 def _from_json(data: Any) -> Receipt | None:
-    """The receipt ``data`` holds, or ``None`` when it is not a receipt of this version."""
-    with contextlib.suppress(TypeError, KeyError, ValueError, AttributeError):
+    """The receipt ``data`` holds, or ``None`` when it is not a receipt of this version (any
+    value a hand or a fault could leave there: wrong types, numbers too large for an int)."""
+    with contextlib.suppress(TypeError, KeyError, ValueError, AttributeError, OverflowError):
         if data.get("version") != _VERSION:
             return None
         geometry = data.get("geometry")

@@ -26,7 +26,7 @@ from .._batch.discover import NotRegularFileError, open_regular
 from .._batch.dryrun import DryRunReport, dry_run
 from .._batch.errors import SharedStateError
 from .._batch.events import BatchReporter
-from .._batch.folder import check_output_file
+from .._batch.folder import check_output_file, require_short_name
 from .._batch.outcomes import STOPS, ExitCode, RunContext, classify
 from .._batch.progress import BatchSummary
 from .._batch.runner import run_batch
@@ -321,6 +321,7 @@ def _read_image(image: Path) -> bytes:
 def _check_targets(image: Path, targets: list[Path]) -> None:
     """Refuse outputs that would overwrite the image or each other, or cannot be written."""
     for n, target in enumerate(targets):
+        require_short_name(target)
         if target.is_dir():
             raise UsageError(f"-o {target} is a folder: name the file to write")
         if target.absolute() == image.absolute() or _same_file(target, image):

@@ -27,7 +27,16 @@ from clipnormals.emulator import RunningServer
 
 from .corpus import noise_image
 from .test_cli_e2e import Door, command, env, start_emulator
-from .test_cli_trouble import DEADLINE, batch, emulator, run, start, wait_until
+from .test_cli_trouble import (
+    DEADLINE,
+    batch,
+    emulator,
+    records,
+    run,
+    start,
+    summary_counts,
+    wait_until,
+)
 
 pytestmark = pytest.mark.loopback
 
@@ -224,6 +233,7 @@ def test_normals_refuses_an_output_it_cannot_or_must_not_write_before_the_upload
         (["-o", str(locked / "x.jpg")], 73, True),
         (["-o", str(image)], 2, False),
         (["-o", str(tmp_path / "res.npz"), "--npz"], 2, False),
+        (["-o", str(tmp_path / ("é" * 128 + ".jpg"))], 73, False),  # 260 bytes: no such name
     ]
     for extra, code, as_user in cases:
         args = command("normals", str(image), "--base-url", server.url, *extra)
@@ -236,6 +246,44 @@ def test_normals_refuses_an_output_it_cannot_or_must_not_write_before_the_upload
     assert list(folder.iterdir()) == []
     assert list(locked.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "face.png", "locked"]
+
+
+def test_normals_refuses_a_default_output_name_over_the_limit_before_the_upload(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    image = tmp_path / ("写" * 78 + ".png")  # 238 bytes; with ".normals.jpg", 250: written
+    image.write_bytes(noise_image(401, size=(64, 64)))
+    done = run(command("normals", str(image), "--base-url", server.url), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / (image.name + ".normals.jpg")).is_file()
+    longer = tmp_path / ("é" * 120 + ".png")  # 244 bytes; its map's name would be 256
+    longer.write_bytes(noise_image(402, size=(64, 64)))
+    charged = server.emulator.stats.credits_charged
+    done = run(command("normals", str(longer), "--base-url", server.url), tmp_path)
+    assert done.returncode == 73, done.stdout + done.stderr
+    assert "256 bytes, above the file-name limit of 255 bytes" in done.stderr
+    assert server.emulator.stats.credits_charged == charged
+
+
+def test_a_batch_rejects_a_source_whose_outputs_names_would_be_too_long_and_runs_the_rest(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.png").write_bytes(noise_image(403))
+    (root / ("b" * 243 + ".png")[:243]).write_bytes(noise_image(404))  # 255 with the suffix
+    long_name = "c" * 240 + ".png"  # 244 bytes: 256 with ".normals.jpg"
+    (root / long_name).write_bytes(noise_image(405))
+    out = tmp_path / "out"
+    dry = run(batch([str(root)], out, server.url, "--dry-run"), tmp_path)
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "above the file-name limit of 255 bytes" in dry.stdout
+    done = run(batch([str(root)], out, server.url), tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert summary_counts(done.stdout)["done"] == 2
+    assert summary_counts(done.stdout)["invalid"] == 1
+    assert server.emulator.stats.credits_charged == 2
+    assert records(out)[long_name].error_type == "NameTooLong"
 
 
 # -- Ctrl-C while the contact sheets are drawn ----------------------------------------------------

@@ -39,7 +39,17 @@ def test_record_round_trips_and_ignores_unknown_fields() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ['{"source":"a","path":"/a","sha256":null,"status":"weird"}', "[1,2]", '{"path":"/a"}', "x"],
+    [
+        '{"source":"a","path":"/a","sha256":null,"status":"weird"}',
+        "[1,2]",
+        '{"path":"/a"}',
+        "x",
+        "[" * 200_000,
+        '{"source":"a","path":"/a","sha256":null,"status":"done",'
+        '"geometry":{"size":[1e999,1],"display_size":[1,1]}}',
+        '{"source":"a","path":"/a","sha256":null,"status":"done",'
+        '"geometry":{"size":[Infinity,1],"display_size":[1,1]}}',
+    ],
 )
 def test_from_json_rejects_non_records(line: str) -> None:
     with pytest.raises(ValueError, match=r"."):

@@ -242,3 +242,33 @@ def test_a_receipt_log_keeps_every_line_whole_when_threads_write_at_once(
         (r.output_sha256, r.source_sha256): r for r in receipts
     }
     assert len(list((tmp_path / ".clipnormals" / "receipts").iterdir())) == 1  # one log
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b'{"version":1,"output_sha256":"a","output_size":Infinity,"source_sha256":"b"}',
+        b'{"version":1,"output_sha256":"a","output_size":1,"source_sha256":"b","credits":1e999}',
+        b'{"version":1,"output_sha256":"a","output_size":1,"source_sha256":"b",'
+        b'"geometry":{"size":[1e999,1],"display_size":[1,1]}}',
+        b"[" * 200_000,
+        b"\xff\xfe not json",
+        b'{"version":1,"output_sha256":["a"],"output_size":{},"source_sha256":null}',
+    ],
+    ids=["infinite size", "huge credits", "huge geometry", "deep nesting", "bytes", "types"],
+)
+async def test_a_garbage_line_in_a_receipt_log_is_passed_over(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(14)
+    (root / "a.png").write_bytes(content)
+    out.mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    with ReceiptLog(out) as log:
+        log.write(Receipt(sha(MAP), len(MAP), sha(content), credits=1))
+    (written,) = (out / ".clipnormals" / "receipts").glob("*.jsonl")
+    written.write_bytes(garbage + b"\n" + written.read_bytes() + garbage + b"\n")
+    result = await plan(root, out, [])
+    assert [(r.source, r.credits) for r in result.adopted] == [("a.png", 1)]
