@@ -17,6 +17,7 @@ from clipnormals.emulator import (
     ServerLimit,
     start_in_thread,
 )
+from clipnormals.testing import emulated
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +140,30 @@ async def test_a_stop_while_a_request_waits_on_the_wire_for_its_slot_sends_nothi
     assert first.ok
     assert isinstance(second.error, clipnormals.SendingStoppedError)
     assert requests == 1
+
+
+@pytest.mark.parametrize(("form", "n"), [("async for", 5), ("async with", 4)])
+async def test_closing_at_once_after_the_last_of_a_list_is_delivered_loses_nothing(
+    form: str, n: int
+) -> None:
+    # Items refused before any upload are ready together and taken back to back, then the
+    # client is closed: no worker has asked for a next source yet, but a list says how many
+    # there were. (A bare loop's first item goes to a consumer already waiting, so its worker
+    # pulls one more source: 5 sources there, 4 for the 4 workers of `async with`.)
+    async with emulated(max_concurrency=2) as (client, _emulator):
+        sources = [b"not an image %d" % i for i in range(n)]
+        got = []
+        if form == "async for":
+            items = client.map(sources)
+            got.append(await anext(items))
+            await anyio.sleep(0.5)  # the other workers finish and wait to hand over
+            got += [await anext(items) for _ in range(n - 1)]
+            await client.aclose()
+            got += [item async for item in items]
+        else:
+            async with client.map(sources) as items:
+                await anyio.sleep(0.5)
+                got += [await anext(items) for _ in range(n)]
+                await client.aclose()
+                got += [item async for item in items]
+    assert [type(item.error) for item in got] == [clipnormals.InvalidImageError] * n

@@ -49,6 +49,23 @@ def test_leaving_map_early_cancels_the_rest() -> None:
     assert len(api.arrivals) < 20
 
 
+def test_closing_after_a_map_delivered_everything_ends_it_and_before_raises() -> None:
+    api = FakeAPI(credits=None)
+    client = _client(api)
+    items = client.map([prepared(0), prepared(1)])
+    got = [next(items), next(items)]
+    client.close()
+    assert list(items) == []  # nothing was left: the loop ends as it would have
+    assert all(item.ok for item in got)
+
+    client = _client(api)
+    items = client.map(prepared(i) for i in range(50))
+    next(items)
+    client.close()
+    with pytest.raises(clipnormals.ClientClosedError):
+        list(items)  # sources were left
+
+
 def test_construction_errors_surface_and_leave_no_thread() -> None:
     import threading
 

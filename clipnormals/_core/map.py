@@ -38,6 +38,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Coroutine,
     Iterable,
     Iterator,
@@ -89,18 +90,21 @@ _Run = Callable[[Any, UploadPermit], Awaitable[tuple[Any, int]]]
 class _Tally:
     """Counts shared by the pump and the iterator (the pump must not hold the iterator)."""
 
-    __slots__ = ("delivered", "exhausted", "failure", "pulled")
+    __slots__ = ("delivered", "exhausted", "failure", "pulled", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, total: int | None) -> None:
         self.pulled = 0
         self.delivered = 0
+        self.total = total  # the number of sources, when known beforehand (a list, a tuple)
         self.exhausted = False  # the sources ran out
         self.failure: BaseException | None = None
 
     @property
     def complete(self) -> bool:
-        """Every source was pulled and its item delivered: nothing is left to lose."""
-        return self.exhausted and self.failure is None and self.delivered == self.pulled
+        """Every source was pulled and its item delivered: nothing is left to lose. (Sources
+        of unknown number are known to be over only once a worker has asked for one more.)"""
+        ended = self.exhausted or self.pulled == self.total
+        return ended and self.failure is None and self.delivered == self.pulled
 
 
 class MapIterator(Generic[S]):
@@ -141,7 +145,9 @@ class MapIterator(Generic[S]):
         self._run = run
         self._image = image
         self._on_close = on_close
-        self._tally = _Tally()
+        # A collection (not an iterator over one) says how many sources there are.
+        total = len(sources) if isinstance(sources, Collection) else None
+        self._tally = _Tally(total)
         self._receive: MemoryObjectReceiveStream[MapItem[S]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None

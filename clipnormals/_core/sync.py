@@ -292,7 +292,13 @@ class Client:
         )
         try:
             while True:
-                self._check()
+                try:
+                    self._check()
+                except ClientClosedError:
+                    # closed (in this process) after every item was delivered: nothing is lost
+                    if self._pid == os.getpid() and iterator._tally.complete:
+                        return
+                    raise
                 try:
                     yield self._portal.call(iterator.__anext__)
                 except StopAsyncIteration:
