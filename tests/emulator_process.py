@@ -82,7 +82,9 @@ def upload_digest(scope: Any, body: bytes) -> str | None:
 
 
 class EmulatorProcess:
-    """The child process; a context manager. ``spec``: key, credits, requests, per, latency."""
+    """The child process; a context manager. ``spec``: key, credits, requests, per, latency
+    (``[low, high]`` seconds, uniform), and optionally policy (``"sliding"`` by default),
+    burst, lognormal (``[median, sigma, maximum]`` seconds, instead of latency) and seed."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self._proc = subprocess.Popen(
@@ -128,14 +130,26 @@ class EmulatorProcess:
 def _serve(spec: dict[str, Any]) -> None:
     from clipnormals.emulator import Emulator, EmulatorConfig, Latency, ServerLimit, start_in_thread
 
+    burst = {} if spec.get("burst") is None else {"burst": spec["burst"]}
+    lognormal = spec.get("lognormal")
     emulator = Emulator(
         EmulatorConfig(
             keys={spec["key"]: spec["credits"]},
-            limit=ServerLimit(requests=spec["requests"], per=spec["per"], policy="sliding"),
-            latency=Latency.uniform(*spec["latency"]),
+            limit=ServerLimit(
+                requests=spec["requests"],
+                per=spec["per"],
+                policy=spec.get("policy", "sliding"),
+                **burst,
+            ),
+            latency=(
+                Latency.lognormal(lognormal[0], lognormal[1], maximum=lognormal[2])
+                if lognormal is not None
+                else Latency.uniform(*spec["latency"])
+            ),
             synth="canned",  # the server's CPU is not under test
             verify_images=False,
             admin=True,
+            seed=spec.get("seed", 0),
         )
     )
     emulator.app.add_middleware(Recorder)

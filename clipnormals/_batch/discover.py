@@ -26,6 +26,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ IMAGE_SUFFIXES = frozenset(
 #: What this package adds to an image's name for its normal map (the batch's outputs, and the
 #: ``normals`` command's default next to the image).
 OUTPUT_SUFFIX = ".normals.jpg"
+_OUTPUT_SUFFIXES = (OUTPUT_SUFFIX, ".preview.jpg")
+SHEETS_DIR = "contact-sheets"  # where a batch draws its contact sheets
+_SHEET_NAME = re.compile(r"sheet-\d{3,}\.jpg")
 _SNIFF_BYTES = 64  # enough for every signature, ftyp brands included
 _LIST_MAX_BYTES = 64 * 1024 * 1024
 
@@ -191,14 +195,21 @@ def sniff_image_format(head: bytes) -> str | None:
     return sniff(head)
 
 
-def is_output_name(name: str) -> bool:
-    """Whether a file name is one this package gives a normal map: ``<name>.normals.jpg``.
+def is_output_name(name: str, folder: str = "") -> bool:
+    """Whether a file name (in a folder of that name) is one this package gives its outputs:
+    ``<name>.normals.jpg`` (a normal map, from the batch or the ``normals`` command),
+    ``<name>.preview.jpg`` (a batch's preview), ``contact-sheets/sheet-NNN.jpg``.
 
     Example:
         >>> is_output_name("me.png.normals.jpg"), is_output_name("me.png")
         (True, False)
+        >>> is_output_name("sheet-001.jpg", "contact-sheets"), is_output_name("sheet-001.jpg")
+        (True, False)
     """
-    return len(name) > len(OUTPUT_SUFFIX) and name.lower().endswith(OUTPUT_SUFFIX)
+    lower = name.lower()
+    if any(len(lower) > len(suffix) and lower.endswith(suffix) for suffix in _OUTPUT_SUFFIXES):
+        return True
+    return folder == SHEETS_DIR and _SHEET_NAME.fullmatch(name) is not None
 
 
 def _named_like_image(name: str) -> bool:
@@ -278,9 +289,10 @@ class Discovery:
             exist, broken links, link loops, FIFOs, devices, folders named like an image.
         ignored: files in folders that are not images, and links to folders.
         hidden: hidden files and folders left out of the search.
-        outputs: files in folders named ``<name>.normals.jpg``, the name this package gives a
-            normal map, left out of the search: sending a normal map for a portrait would
-            spend a credit on it. Named directly, such a file is an input like any other.
+        outputs: files in folders named as this package names its outputs (see
+            :func:`is_output_name`), left out of the search: sending a normal map, a preview or
+            a contact sheet for a portrait would spend a credit on it. Named directly, such a
+            file is an input like any other.
     """
 
     files: tuple[InputFile, ...]
@@ -299,7 +311,7 @@ class _Collector:
     invalid: list[tuple[str, str, str]] = field(default_factory=list)
     ignored: int = 0
     hidden: int = 0
-    outputs: int = 0
+    outputs: set[str] = field(default_factory=set)  # real paths left out as earlier outputs
 
     def add(self, path: str | os.PathLike[str], key: str) -> None:
         # The first input that reaches a file names it: a file given twice is processed once.
@@ -358,7 +370,8 @@ def discover(
         invalid=tuple(collector.invalid),
         ignored=collector.ignored,
         hidden=collector.hidden,
-        outputs=collector.outputs,
+        # one named directly (or through a list) as well is an input, not left out
+        outputs=len(collector.outputs - collector.found.keys()),
     )
 
 
@@ -420,8 +433,8 @@ def _walk(collector: _Collector, root: Path) -> None:
                 if not collector.excluded(Path(entry.path)):
                     subfolders.append((entry.path, key + "/"))
             elif reason == "file":
-                if is_output_name(name):
-                    collector.outputs += 1
+                if is_output_name(name, os.path.basename(folder)):
+                    collector.outputs.add(os.path.realpath(entry.path))
                 elif looks_like_image(entry.path):
                     collector.add(os.path.realpath(entry.path), key)
                 else:

@@ -68,7 +68,7 @@ class DryRunReport:
         invalid: ``(source, reason)`` for every source that would be rejected.
         changes: how many uploads would be changed on the way, by kind (``"downscaled"``...).
         ignored: files in folders that are not images; hidden: hidden files and folders;
-        outputs: earlier normal maps (``<name>.normals.jpg``) left out of folders.
+        outputs: earlier outputs (normal maps, previews, contact sheets) left out of folders.
         credits_needed: credits the uploads would cost (one each).
         balance: the last balance a run saw and when (``None``: never seen).
         budget, reserve: the client's credit limits.

@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .discover import OUTPUT_SUFFIX, InputFile
+from .discover import OUTPUT_SUFFIX, SHEETS_DIR, InputFile
 from .manifest import ManifestRecord
 
 __all__ = ["RECEIPTS_DIR", "SHEETS_DIR", "Job", "JobState", "Member", "Outputs"]
 
-SHEETS_DIR = "contact-sheets"
 RECEIPTS_DIR = ".clipnormals/receipts"
 
 

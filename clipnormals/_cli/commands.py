@@ -250,7 +250,7 @@ def dry_run_lines(report: DryRunReport, rate: RateLimit, *, verbose: bool = Fals
     if report.hidden:
         extra.append(f"{report.hidden} hidden")
     if report.outputs:
-        extra.append(f"{plural(report.outputs, 'earlier normal map')} (*.normals.jpg) left out")
+        extra.append(f"{plural(report.outputs, 'earlier output')} left out")
     found = f" ({', '.join(extra)})" if extra else ""
     lines.append(f"{report.total:>6} images found{found}")
     lines.append(f"{report.complete:>6} already done (would be skipped)")

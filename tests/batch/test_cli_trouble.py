@@ -692,10 +692,7 @@ def test_counts_are_in_good_english_and_hidden_files_are_counted(
     (root / ".cache").mkdir()
     (root / "a.png.normals.jpg").write_bytes(noise_image(3))
     dry = run(batch([str(root)], tmp_path / "out", server.url, "--dry-run", "-v"), tmp_path)
-    assert (
-        "(1 other file ignored, 2 hidden, 1 earlier normal map (*.normals.jpg) left out)"
-        in dry.stdout
-    )
+    assert "(1 other file ignored, 2 hidden, 1 earlier output left out)" in dry.stdout
     assert "to upload: 1 credit" in dry.stdout
     # -v lists every image's plan.
     assert re.search(r"upload\s+a\.png", dry.stdout)

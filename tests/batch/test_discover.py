@@ -64,12 +64,22 @@ def test_earlier_normal_maps_in_a_folder_are_left_out_unless_named(tmp_path: Pat
     (root / "sub" / "you.JPG.NORMALS.JPG").write_bytes(image_bytes("JPEG"))
     (root / ".normals.jpg").write_bytes(image_bytes("JPEG"))  # hidden, not an output
     (root / "normals.jpg").write_bytes(image_bytes("JPEG"))  # a portrait with an odd name
+    # an earlier batch's output folder among the inputs: its previews and contact sheets too
+    (root / "old" / "contact-sheets").mkdir(parents=True)
+    (root / "old" / "me.png.preview.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "old" / "contact-sheets" / "sheet-001.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "sheet-002.jpg").write_bytes(image_bytes("JPEG"))  # not in a contact-sheets folder
     found = discover([root], cwd=tmp_path)
-    assert keys(found.files) == ["me.png", "normals.jpg"]
-    assert (found.outputs, found.hidden, found.ignored) == (2, 1, 0)
+    assert keys(found.files) == ["me.png", "normals.jpg", "sheet-002.jpg"]
+    assert (found.outputs, found.hidden, found.ignored) == (4, 1, 0)
+    assert discover([root, root], cwd=tmp_path).outputs == 4  # a folder given twice
     named = discover([root / "me.png.normals.jpg"], cwd=tmp_path)
     assert keys(named.files) == ["me.png.normals.jpg"]
     assert named.outputs == 0
+    # named directly beside the folder it is in: sent, so not counted as left out
+    both = discover([root, root / "me.png.normals.jpg"], cwd=tmp_path)
+    assert "me.png.normals.jpg" in keys(both.files)
+    assert both.outputs == 3
 
 
 def test_output_folder_inside_the_input_is_left_out(tmp_path: Path) -> None:
