@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -158,6 +159,33 @@ class Geometry:
         )
 
 
+def plain_text(value: object) -> bool:
+    """Whether ``value`` is a string that can be written back as UTF-8 (no lone surrogates,
+    which JSON's ``\\udXXX`` escapes can carry)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _of_type(value: object, annotation: str) -> bool:
+    """Whether a parsed JSON value fits a field annotated ``str``, ``int``, ``float`` or a
+    union of them with ``None`` (as ``ManifestRecord``'s fields are)."""
+    for kind in annotation.split("|"):
+        kind = kind.strip()
+        if (
+            (kind == "None" and value is None)
+            or (kind == "str" and plain_text(value))
+            or (kind == "int" and type(value) is int)
+            or (kind == "float" and type(value) in (int, float) and math.isfinite(value))  # type: ignore[arg-type]
+        ):
+            return True
+    return False
+
+
 def utc_now() -> str:
     """The current time as an ISO 8601 UTC timestamp with millisecond precision."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -231,17 +259,22 @@ class ManifestRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ManifestRecord:
         """Build a record from parsed JSON, ignoring unknown fields (newer versions)."""
-        known = {f.name for f in fields(cls)}
+        known = _FIELD_TYPES
         values = {k: v for k, v in data.items() if k in known}
         try:
             values["status"] = RecordStatus(values["status"])
             if values.get("geometry") is not None:
                 values["geometry"] = Geometry.from_json(values["geometry"])
-            if not isinstance(values["source"], str) or not isinstance(values["path"], str):
-                raise TypeError("source and path must be strings")
+            for name, value in values.items():
+                if name not in ("status", "geometry") and not _of_type(value, known[name]):
+                    raise TypeError(f"{name} holds {type(value).__name__}, not {known[name]}")
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a manifest record: {exc}") from None
+
+
+#: Each field of a record and its annotation, read by ``from_dict`` to check parsed values.
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(ManifestRecord)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,12 +260,12 @@ def _adopt(
                     on_disk[member.key] = (hash_file(path), path.stat().st_size)
     if not on_disk:
         return []
-    wanted = [
-        (on_disk[member.key][0], job.sha256)
+    wanted = {
+        (on_disk[member.key][0], job.sha256): on_disk[member.key][1]
         for job in jobs
         for member in job.pending
         if member.key in on_disk
-    ]
+    }
     receipts = find_receipts(output_dir, wanted)
     adopted: list[ManifestRecord] = []
     for job in jobs:
@@ -273,10 +273,8 @@ def _adopt(
         first: str | None = None
         recorded = any(r.credits for r in paid.get(job.sha256, ()))
         for member in job.pending:
-            digest, size = on_disk.get(member.key, ("", -1))
-            receipt = receipts.get((digest, job.sha256))
-            if receipt is not None and receipt.output_size != size:
-                receipt = None
+            digest, _size = on_disk.get(member.key, ("", -1))
+            receipt = receipts.get((digest, job.sha256))  # of this output, for this content
             if receipt is None:
                 keep.append(member)
                 continue

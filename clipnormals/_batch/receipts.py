@@ -25,21 +25,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .._atomic import ensure_folder, write_all
+from .discover import open_regular
 from .jobs import RECEIPTS_DIR
-from .manifest import Geometry
+from .manifest import Geometry, plain_text
 
 __all__ = ["Receipt", "ReceiptLog", "find_receipts", "receipt_path", "write_receipt"]
 
 _VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +128,16 @@ def write_receipt(output_dir: Path, receipt: Receipt, *, known: set[Path] | None
 
 
 def find_receipts(
-    output_dir: Path, wanted: Iterable[tuple[str, str]]
+    output_dir: Path, wanted: Mapping[tuple[str, str], int]
 ) -> dict[tuple[str, str], Receipt]:
-    """The receipts found for ``wanted`` ``(output SHA-256, source SHA-256)`` pairs, by pair.
+    """The receipts found for ``wanted`` ``(output SHA-256, source SHA-256)`` pairs, by pair;
+    each pair maps to the size of the output on the disk, which the receipt must state.
 
     Reads the logs once (only the wanted receipts are kept), and the files of the earlier layout
-    for the pairs the logs do not have. A line or file that is cut short, not JSON, of another
-    version or about other content is passed over.
+    for the pairs the logs do not have. A line or file that is cut short, not JSON, not a
+    well-formed receipt, about other content or of another size is passed over.
     """
-    missing = set(wanted)
+    missing = dict(wanted)
     found: dict[tuple[str, str], Receipt] = {}
     if not missing:
         return found
@@ -141,13 +145,15 @@ def find_receipts(
         receipt = _from_json(data)
         if receipt is not None:
             pair = (receipt.output_sha256, receipt.source_sha256)
-            if pair in missing:
+            if missing.get(pair) == receipt.output_size:
                 found[pair] = receipt
-                missing.discard(pair)
-    for pair in missing:
-        with contextlib.suppress(OSError):
-            receipt = _from_json(_parsed(receipt_path(output_dir, *pair).read_bytes()))
-            if receipt is not None and (receipt.output_sha256, receipt.source_sha256) == pair:
+                del missing[pair]
+    for pair, size in missing.items():
+        with contextlib.suppress(OSError), open_regular(receipt_path(output_dir, *pair)) as file:
+            receipt = _from_json(_parsed(file.read()))
+            if receipt is not None and (
+                (receipt.output_sha256, receipt.source_sha256, receipt.output_size) == (*pair, size)
+            ):
                 found[pair] = receipt
     return found
 
@@ -158,7 +164,8 @@ def _logged(folder: Path) -> Iterator[Any]:
     except OSError:
         return
     for log in logs:
-        with contextlib.suppress(OSError), log.open("rb") as lines:
+        # a regular file only, opened without blocking: a FIFO of that name would wait forever
+        with contextlib.suppress(OSError), open_regular(log) as lines:
             for line in lines:
                 yield _parsed(line)
 
@@ -185,18 +192,36 @@ def _to_json(receipt: Receipt) -> dict[str, Any]:
 
 
 def _from_json(data: Any) -> Receipt | None:
-    """The receipt ``data`` holds, or ``None`` when it is not a receipt of this version (any
-    value a hand or a fault could leave there: wrong types, numbers too large for an int)."""
-    with contextlib.suppress(TypeError, KeyError, ValueError, AttributeError, OverflowError):
-        if data.get("version") != _VERSION:
-            return None
-        geometry = data.get("geometry")
-        return Receipt(
-            output_sha256=str(data["output_sha256"]),
-            output_size=int(data["output_size"]),
-            source_sha256=str(data["source_sha256"]),
-            geometry=Geometry.from_json(geometry) if geometry is not None else None,
-            credits=int(data.get("credits") or 0),
-            done_at=data.get("done_at"),
-        )
-    return None
+    """The receipt ``data`` holds, or ``None`` when it is not a well-formed receipt of this
+    version (anything a hand or a fault could leave there is passed over: wrong types, numbers
+    too large, text that cannot be written back)."""
+    if not isinstance(data, dict) or data.get("version") != _VERSION:
+        return None
+    output, source = data.get("output_sha256"), data.get("source_sha256")
+    size, credits = data.get("output_size"), data.get("credits", 0)
+    done_at, geometry = data.get("done_at"), data.get("geometry")
+    if not (
+        _is_sha256(output)
+        and _is_sha256(source)
+        and type(size) is int
+        and size >= 0
+        and (credits is None or (type(credits) is int and credits >= 0))
+        and (done_at is None or plain_text(done_at))
+    ):
+        return None
+    try:
+        shape = Geometry.from_json(geometry) if geometry is not None else None
+    except ValueError:
+        return None
+    return Receipt(
+        output_sha256=output,
+        output_size=size,
+        source_sha256=source,
+        geometry=shape,
+        credits=credits or 0,
+        done_at=done_at,
+    )
+
+
+def _is_sha256(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None

@@ -49,6 +49,12 @@ def test_record_round_trips_and_ignores_unknown_fields() -> None:
         '"geometry":{"size":[1e999,1],"display_size":[1,1]}}',
         '{"source":"a","path":"/a","sha256":null,"status":"done",'
         '"geometry":{"size":[Infinity,1],"display_size":[1,1]}}',
+        '{"source":"a","path":"/a","sha256":null,"status":"done","time":7}',
+        '{"source":"ghost\\ud800.png","path":"/a","sha256":null,"status":"done"}',
+        '{"source":"a","path":"/a","sha256":null,"status":"done","credits":"1"}',
+        '{"source":"a","path":"/a","sha256":null,"status":"done","attempts":true}',
+        '{"source":"a","path":"/a","sha256":null,"status":"done","seconds":NaN}',
+        '{"source":"a","path":"/a","sha256":5,"status":"done"}',
     ],
 )
 def test_from_json_rejects_non_records(line: str) -> None:

@@ -238,9 +238,9 @@ def test_a_receipt_log_keeps_every_line_whole_when_threads_write_at_once(
     receipts = [Receipt(f"{i:064x}", i, f"{i + 1:064x}", credits=1) for i in range(400)]
     with ReceiptLog(tmp_path) as log, ThreadPoolExecutor(8) as pool:
         list(pool.map(log.write, receipts))
-    assert find_receipts(tmp_path, [(r.output_sha256, r.source_sha256) for r in receipts]) == {
-        (r.output_sha256, r.source_sha256): r for r in receipts
-    }
+    assert find_receipts(
+        tmp_path, {(r.output_sha256, r.source_sha256): r.output_size for r in receipts}
+    ) == {(r.output_sha256, r.source_sha256): r for r in receipts}
     assert len(list((tmp_path / ".clipnormals" / "receipts").iterdir())) == 1  # one log
 
 
@@ -272,3 +272,73 @@ async def test_a_garbage_line_in_a_receipt_log_is_passed_over(
     written.write_bytes(garbage + b"\n" + written.read_bytes() + garbage + b"\n")
     result = await plan(root, out, [])
     assert [(r.source, r.credits) for r in result.adopted] == [("a.png", 1)]
+
+
+def _log_lines(out: Path, *lines: bytes) -> None:
+    folder = out / ".clipnormals" / "receipts"
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, line in enumerate(lines):
+        (folder / f"2026{n:04d}-1-ab.jsonl").write_bytes(line + b"\n")
+
+
+def _receipt_line(output: bytes, source: bytes, **fields: object) -> bytes:
+    data = {
+        "version": 1,
+        "output_sha256": sha(output),
+        "output_size": len(output),
+        "source_sha256": sha(source),
+        "geometry": None,
+        "credits": 1,
+        "done_at": "2026-11-01T00:00:00Z",
+    }
+    data.update(fields)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"done_at": "\ud800"},  # a lone surrogate: cannot be written back to a manifest
+        {"done_at": {"x": 1}},
+        {"done_at": 5},
+        {"output_size": 1},  # another size: not this output's receipt
+        {"output_size": True},
+        {"credits": -1},
+        {"credits": 1.5},
+        {"output_sha256": "ab"},
+    ],
+    ids=repr,
+)
+async def test_a_malformed_receipt_for_the_pair_does_not_hide_a_good_one(
+    tmp_path: Path, bad: dict[str, object]
+) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    content = noise_image(15)
+    (root / "a.png").write_bytes(content)
+    out.mkdir()
+    (out / "a.png.normals.jpg").write_bytes(MAP)
+    # the malformed line comes first, in a log read first
+    _log_lines(out, _receipt_line(MAP, content, **bad), _receipt_line(MAP, content))
+    result = await plan(root, out, [])
+    assert [(r.source, r.credits, r.done_at) for r in result.adopted] == [
+        ("a.png", 1, "2026-11-01T00:00:00Z")
+    ]
+
+
+def test_a_fifo_among_the_receipt_logs_is_passed_over_not_waited_on(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    content = noise_image(16)
+    _log_lines(tmp_path, _receipt_line(MAP, content))
+    os.mkfifo(tmp_path / ".clipnormals" / "receipts" / "0000-fifo.jsonl")
+    found: list[object] = []
+    worker = threading.Thread(
+        target=lambda: found.append(find_receipts(tmp_path, {(sha(MAP), sha(content)): len(MAP)})),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "reading the receipt logs waits on a FIFO"
+    assert list(found[0]) == [(sha(MAP), sha(content))]  # type: ignore[call-overload]
