@@ -168,14 +168,7 @@ async def test_adopted_copies_carry_the_upload_cost_once(tmp_path: Path) -> None
 async def test_an_output_is_adopted_only_through_a_receipt_for_its_own_content(
     tmp_path: Path,
 ) -> None:
-    root, out = tmp_path / "in", tmp_path / "out"
-    root.mkdir()
-    mine, other = noise_image(8), noise_image(9)
-    (root / "a.png").write_bytes(mine)
-    (root / "b.png").write_bytes(other)
-    out.mkdir()
-    (out / "a.png.normals.jpg").write_bytes(MAP)
-    (out / "b.png.normals.jpg").write_bytes(MAP)
+    root, out = _found_outputs(tmp_path, {"a.png": noise_image(8), "b.png": noise_image(9)})
     # a receipt for this output, but for a third content: it vouches for neither source
     write_receipt(out, Receipt(sha(MAP), len(MAP), sha(noise_image(10)), credits=1))
     result = await plan(root, out, [])
@@ -183,14 +176,21 @@ async def test_an_output_is_adopted_only_through_a_receipt_for_its_own_content(
     assert decision(result, "a.png") == decision(result, "b.png") == "send"
 
 
-async def test_receipts_of_the_earlier_layout_are_still_read(tmp_path: Path) -> None:
-    # One file per receipt, as runs before the receipt logs wrote them.
+def _found_outputs(tmp_path: Path, sources: dict[str, bytes]) -> tuple[Path, Path]:
+    """Sources in ``in/``, each with ``MAP`` for an output in ``out/`` and no record of it."""
     root, out = tmp_path / "in", tmp_path / "out"
     root.mkdir()
-    content = noise_image(11)
-    (root / "a.png").write_bytes(content)
     out.mkdir()
-    (out / "a.png.normals.jpg").write_bytes(MAP)
+    for name, content in sources.items():
+        (root / name).write_bytes(content)
+        (out / f"{name}.normals.jpg").write_bytes(MAP)
+    return root, out
+
+
+async def test_receipts_of_the_earlier_layout_are_still_read(tmp_path: Path) -> None:
+    # One file per receipt, as runs before the receipt logs wrote them.
+    content = noise_image(11)
+    root, out = _found_outputs(tmp_path, {"a.png": content})
     legacy = receipt_path(out, sha(MAP), sha(content))
     legacy.parent.mkdir(parents=True)
     legacy.write_text(
@@ -213,14 +213,8 @@ async def test_receipts_of_the_earlier_layout_are_still_read(tmp_path: Path) -> 
 async def test_a_receipt_cut_short_in_a_log_is_passed_over_and_the_rest_are_read(
     tmp_path: Path,
 ) -> None:
-    root, out = tmp_path / "in", tmp_path / "out"
-    root.mkdir()
     first, second = noise_image(12), noise_image(13)
-    (root / "a.png").write_bytes(first)
-    (root / "b.png").write_bytes(second)
-    out.mkdir()
-    (out / "a.png.normals.jpg").write_bytes(MAP)
-    (out / "b.png.normals.jpg").write_bytes(MAP)
+    root, out = _found_outputs(tmp_path, {"a.png": first, "b.png": second})
     with ReceiptLog(out) as log:
         log.write(Receipt(sha(MAP), len(MAP), sha(first), credits=1))
         log.write(Receipt(sha(MAP), len(MAP), sha(second), credits=1))
@@ -260,12 +254,8 @@ def test_a_receipt_log_keeps_every_line_whole_when_threads_write_at_once(
 async def test_a_garbage_line_in_a_receipt_log_is_passed_over(
     tmp_path: Path, garbage: bytes
 ) -> None:
-    root, out = tmp_path / "in", tmp_path / "out"
-    root.mkdir()
     content = noise_image(14)
-    (root / "a.png").write_bytes(content)
-    out.mkdir()
-    (out / "a.png.normals.jpg").write_bytes(MAP)
+    root, out = _found_outputs(tmp_path, {"a.png": content})
     with ReceiptLog(out) as log:
         log.write(Receipt(sha(MAP), len(MAP), sha(content), credits=1))
     (written,) = (out / ".clipnormals" / "receipts").glob("*.jsonl")
@@ -312,12 +302,8 @@ def _receipt_line(output: bytes, source: bytes, **fields: object) -> bytes:
 async def test_a_malformed_receipt_for_the_pair_does_not_hide_a_good_one(
     tmp_path: Path, bad: dict[str, object]
 ) -> None:
-    root, out = tmp_path / "in", tmp_path / "out"
-    root.mkdir()
     content = noise_image(15)
-    (root / "a.png").write_bytes(content)
-    out.mkdir()
-    (out / "a.png.normals.jpg").write_bytes(MAP)
+    root, out = _found_outputs(tmp_path, {"a.png": content})
     # the malformed line comes first, in a log read first
     _log_lines(out, _receipt_line(MAP, content, **bad), _receipt_line(MAP, content))
     result = await plan(root, out, [])
