@@ -695,8 +695,8 @@ mutant(
     "atomic-temporary-not-hidden",
     "atomic",
     ATOMIC,
-    'tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_names)}{TEMP_SUFFIX}")',
-    'tmp = os.path.join(folder, f"{name}.{os.getpid()}-{next(_names)}{TEMP_SUFFIX}")',
+    '    return f".{name}.{tag}{TEMP_SUFFIX}"',
+    '    return f"{name}.{tag}{TEMP_SUFFIX}"',
     tests=ATOMIC_TESTS,
     why="the temporary name is not hidden, so a later run never clears it",
 )
