@@ -38,6 +38,7 @@ from .errors import BatchInputError
 
 __all__ = [
     "OUTPUT_SUFFIX",
+    "PREVIEW_SUFFIX",
     "Discovery",
     "InputFile",
     "NotRegularFileError",
@@ -65,7 +66,8 @@ IMAGE_SUFFIXES = frozenset(
 #: What this package adds to an image's name for its normal map (the batch's outputs, and the
 #: ``normals`` command's default next to the image).
 OUTPUT_SUFFIX = ".normals.jpg"
-_OUTPUT_SUFFIXES = (OUTPUT_SUFFIX, ".preview.jpg")
+PREVIEW_SUFFIX = ".preview.jpg"  # a batch's preview of a source's results
+_OUTPUT_SUFFIXES = (OUTPUT_SUFFIX, PREVIEW_SUFFIX)
 SHEETS_DIR = "contact-sheets"  # where a batch draws its contact sheets
 _SHEET_NAME = re.compile(r"sheet-\d{3,}\.jpg")
 _SNIFF_BYTES = 64  # enough for every signature, ftyp brands included

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .discover import OUTPUT_SUFFIX, SHEETS_DIR, InputFile
+from .discover import OUTPUT_SUFFIX, PREVIEW_SUFFIX, SHEETS_DIR, InputFile
 from .manifest import ManifestRecord
 
 __all__ = ["RECEIPTS_DIR", "SHEETS_DIR", "Job", "JobState", "Member", "Outputs"]
@@ -43,7 +43,7 @@ class Outputs:
     @property
     def preview(self) -> str:
         """``<key>.preview.jpg``: photo, normal map, mask and a relit view."""
-        return f"{self.key}.preview.jpg"
+        return self.key + PREVIEW_SUFFIX
 
 
 @dataclass(slots=True)

@@ -251,21 +251,17 @@ def _adopt(
     The upload's credit goes on the first adopted record of a content whose payment no record
     shows yet; every other adopted source is recorded as a copy."""
     jobs = [job for job in jobs if job.pending]
-    on_disk: dict[str, tuple[str, int]] = {}  # member key -> the output's SHA-256 and size
+    digests: dict[str, str] = {}  # member key -> the SHA-256 of its output on the disk
+    wanted: dict[tuple[str, str], int] = {}  # (output, source) SHA-256 -> the output's size
     for job in jobs:
         for member in job.pending:
             path = output_dir / member.outputs.normals
             if path.is_file():  # rare: an output without a trustworthy record
                 with contextlib.suppress(OSError):
-                    on_disk[member.key] = (hash_file(path), path.stat().st_size)
-    if not on_disk:
+                    digest = digests[member.key] = hash_file(path)
+                    wanted[(digest, job.sha256)] = path.stat().st_size
+    if not wanted:
         return []
-    wanted = {
-        (on_disk[member.key][0], job.sha256): on_disk[member.key][1]
-        for job in jobs
-        for member in job.pending
-        if member.key in on_disk
-    }
     receipts = find_receipts(output_dir, wanted)
     adopted: list[ManifestRecord] = []
     for job in jobs:
@@ -273,8 +269,7 @@ def _adopt(
         first: str | None = None
         recorded = any(r.credits for r in paid.get(job.sha256, ()))
         for member in job.pending:
-            digest, _size = on_disk.get(member.key, ("", -1))
-            receipt = receipts.get((digest, job.sha256))  # of this output, for this content
+            receipt = receipts.get((digests.get(member.key, ""), job.sha256))
             if receipt is None:
                 keep.append(member)
                 continue

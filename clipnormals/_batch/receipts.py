@@ -95,6 +95,7 @@ class ReceiptLog:
 
         Raises:
             OSError: the log could not be created or written (the output must not be written).
+            ValueError: the log was closed.
         """
         line = (json.dumps(_to_json(receipt), separators=(",", ":")) + "\n").encode()
         with self._lock:

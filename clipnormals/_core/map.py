@@ -252,9 +252,13 @@ class MapIterator(Generic[S]):
         whose every item was delivered already ends as it would have."""
         if self._closed:
             return
-        if not self._tally.complete:
+        if not self._delivered_everything():
             self._abort = error
         await self.aclose()
+
+    def _delivered_everything(self) -> bool:
+        """Every source was pulled and its item delivered (see ``_Tally.complete``)."""
+        return self._tally.complete
 
     def _raise_abort(self) -> None:
         if self._abort is not None:

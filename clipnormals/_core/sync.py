@@ -296,7 +296,7 @@ class Client:
                     self._check()
                 except ClientClosedError:
                     # closed (in this process) after every item was delivered: nothing is lost
-                    if self._pid == os.getpid() and iterator._tally.complete:
+                    if self._pid == os.getpid() and iterator._delivered_everything():
                         return
                     raise
                 try:

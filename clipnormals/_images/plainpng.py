@@ -15,8 +15,8 @@ structure:
 A decoder of such a file does nothing else that can fail: unfiltering is arithmetic on bytes
 that are all there. This is what Pillow's decode checks, and more (Pillow reads no CRC of
 ``IDAT`` data, and stops inflating once it has its rows). It costs a CRC-32 pass and one
-inflate, streamed in pieces of at most :data:`PIECE` bytes; for a 96 x 120 PNG it is a fifth
-of ``Image.open(...).load()``.
+inflate, streamed in pieces of at most :data:`PIECE` bytes (for small PNGs, a fraction of
+``Image.open(...).load()``: ``benchmarks/hotpath.py`` and ``benchmarks/README.md`` section 3).
 
 :func:`plain_png_size` answers only for files it can prove whole. Anything else, damaged or
 merely unusual (palette, 16 bits, interlacing, text chunks, ``eXIf``, ``iCCP``, APNG, bytes

@@ -957,7 +957,7 @@ mutant(
     PLAN,
     "            if receipt is None:\n"
     "                keep.append(member)\n                continue\n",
-    "            if receipt is None and member.key not in on_disk:\n"
+    "            if receipt is None and member.key not in digests:\n"
     "                keep.append(member)\n"
     "                continue\n",
     tests=PLAN_TESTS,
